@@ -1,0 +1,165 @@
+"""Model pool registry: the single source of truth for model ids, litellm strings and prices.
+
+A pool file is YAML::
+
+    models:
+      gpt-4o-mini:
+        litellm_model: gpt-4o-mini
+        input_price: 0.15        # USD per 1M input tokens
+        output_price: 0.60       # USD per 1M output tokens
+        context_window: 128000
+        max_output_tokens: 16384
+        tier: budget
+        capabilities: [general, math]
+        description: Small, fast, cheap OpenAI model.
+
+Optional per model: ``api_base`` (any OpenAI-compatible server, e.g. Ollama), ``api_key_env`` (name of the
+environment variable holding its key), ``reasoning`` (accepts only temperature 1.0), ``hf_model`` (a local
+Hugging Face model run with transformers instead of an API), ``provider``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Tier = Literal["budget", "standard", "premium", "specialized", "local"]
+
+
+class PoolError(ValueError):
+    """A pool file is malformed; the message names the file and the model."""
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    litellm_model: str
+    input_price: float = Field(ge=0, description="USD per 1M input tokens")
+    output_price: float = Field(ge=0, description="USD per 1M output tokens")
+    context_window: int = Field(gt=0)
+    max_output_tokens: int = Field(gt=0)
+    tier: Tier = "standard"
+    capabilities: list[str] = Field(default_factory=list)
+    description: str = ""
+    api_base: str | None = None
+    api_key_env: str | None = None
+    reasoning: bool = False
+    provider: str | None = None
+    hf_model: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/\-]*", v):
+            raise ValueError(f"model id {v!r} may hold only letters, digits, '.', '_', '-' and '/'")
+        return v
+
+    @property
+    def tool_name(self) -> str:
+        return tool_name(self.id)
+
+    @property
+    def provider_name(self) -> str:
+        if self.provider:
+            return self.provider
+        if self.hf_model:
+            return "local-hf"
+        if "/" in self.litellm_model:
+            return self.litellm_model.split("/", 1)[0]
+        return "openai"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for one call, from the pool's prices and the provider's token usage."""
+        return input_tokens / 1e6 * self.input_price + output_tokens / 1e6 * self.output_price
+
+
+def tool_name(model_id: str) -> str:
+    """The router's action name for a model: ``call_<id>`` with every non-alphanumeric turned into ``_``.
+
+    ``gpt-4.1`` -> ``call_gpt_4_1`` (the reference system's rule for ``-`` and ``.``; ``/`` is treated alike).
+    """
+    return "call_" + re.sub(r"[^A-Za-z0-9_]", "_", model_id)
+
+
+class Pool:
+    """An ordered, validated set of models."""
+
+    def __init__(self, models: list[ModelSpec], source: str = "<memory>"):
+        self.source = source
+        self._models: dict[str, ModelSpec] = {}
+        self._by_tool: dict[str, ModelSpec] = {}
+        for m in models:
+            if m.id in self._models:
+                raise PoolError(f"{source}: duplicate model id {m.id!r}")
+            if m.tool_name in self._by_tool:
+                other = self._by_tool[m.tool_name].id
+                raise PoolError(f"{source}: models {other!r} and {m.id!r} map to the same action name {m.tool_name!r}")
+            self._models[m.id] = m
+            self._by_tool[m.tool_name] = m
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._models
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, model_id: str) -> ModelSpec:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise KeyError(f"model {model_id!r} is not in the pool {self.source} (known: {', '.join(self._models)})") from None
+
+    def by_tool_name(self, name: str) -> ModelSpec | None:
+        return self._by_tool.get(name)
+
+    def subset(self, ids: list[str]) -> list[ModelSpec]:
+        return [self.get(i) for i in ids]
+
+    def cheapest(self, ids: list[str] | None = None) -> ModelSpec:
+        specs = self.subset(ids) if ids else list(self)
+        return min(specs, key=lambda m: (m.input_price + m.output_price, m.id))
+
+
+def load_pool(path: str | Path) -> Pool:
+    """Load and validate a pool YAML file. Errors name the file and the model."""
+    path = Path(path)
+    if not path.exists():
+        raise PoolError(f"pool file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PoolError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict) or not data["models"]:
+        raise PoolError(f"{path}: expected a top-level 'models:' mapping of model id -> fields")
+    extra = set(data) - {"models", "name", "description"}
+    if extra:
+        raise PoolError(f"{path}: unknown top-level keys {sorted(extra)} (allowed: models, name, description)")
+    specs = []
+    for model_id, fields in data["models"].items():
+        if not isinstance(fields, dict):
+            raise PoolError(f"{path}: model {model_id!r}: expected a mapping of fields")
+        for required in ("input_price", "output_price"):
+            if required not in fields:
+                raise PoolError(f"{path}: model {model_id!r}: missing price field {required!r} (USD per 1M tokens)")
+        try:
+            specs.append(ModelSpec(id=str(model_id), **fields))
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'model'}: {err['msg']}" for err in e.errors()
+            )
+            raise PoolError(f"{path}: model {model_id!r}: {problems}") from None
+        except TypeError as e:
+            raise PoolError(f"{path}: model {model_id!r}: {e}") from None
+    return Pool(specs, source=str(path))
