@@ -1,0 +1,210 @@
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol, for tests and benchmarks.
+
+It stands in for every provider (no LLM API is reachable here): litellm is pointed at it with ``api_base``.
+It can answer, be slow, fail with 429/500 (optionally with ``Retry-After``), drop the connection, or hang.
+
+Behaviour is set over HTTP (so the server can live in another process)::
+
+    POST /_control  {"latency_s": 0.2,
+                     "answers": {"model-a": "The answer is 72."},      # default: "#### 42"
+                     "script": {"model-a": ["429", "500", "ok"]},      # consumed in order, then "ok"
+                     "usage": {"prompt_tokens": 50, "completion_tokens": 10}}
+    GET  /_stats    {"requests": 12, "by_model": {...}}
+
+Script steps: ``ok``, ``429``, ``429:<retry-after-seconds>``, ``500``, ``503``, ``400``, ``401``, ``hang``
+(sleeps far longer than any client time-out), ``drop`` (closes the connection without an answer),
+``slow:<seconds>``.
+
+Run it: ``python -m xrouter_lite.fake_upstream --port 9000`` or, in code, ``with FakeUpstream() as up: up.base_url``.
+"""
+
+
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import socket
+import time
+import uuid
+from collections import defaultdict, deque
+from typing import Any
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_app():
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = FastAPI()
+    state: dict[str, Any] = {
+        "latency_s": 0.0,
+        "answers": {},
+        "script": defaultdict(deque),
+        "usage": None,
+        "requests": 0,
+        "by_model": defaultdict(int),
+    }
+
+    @app.post("/_control")
+    async def control(req: Request):
+        body = await req.json()
+        if "latency_s" in body:
+            state["latency_s"] = float(body["latency_s"])
+        if "answers" in body:
+            state["answers"].update(body["answers"])
+        if "script" in body:
+            for model, steps in body["script"].items():
+                state["script"][model] = deque(steps)
+        if "usage" in body:
+            state["usage"] = body["usage"]
+        if body.get("reset_stats"):
+            state["requests"] = 0
+            state["by_model"].clear()
+        return {"ok": True}
+
+    @app.get("/_stats")
+    async def stats():
+        return {"requests": state["requests"], "by_model": dict(state["by_model"])}
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models():
+        return {"object": "list", "data": []}
+
+    def err(status: int, msg: str, headers: dict[str, str] | None = None):
+        kind = {429: "rate_limit_error", 400: "invalid_request_error", 401: "authentication_error"}.get(status, "server_error")
+        return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status_code=status, headers=headers)
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat(req: Request):
+        body = await req.json()
+        model = str(body.get("model", ""))
+        state["requests"] += 1
+        state["by_model"][model] += 1
+        q = state["script"].get(model)
+        step = q.popleft() if q else "ok"
+        latency = state["latency_s"]
+        if step == "hang":
+            await asyncio.sleep(3600)
+        if step == "drop":
+            raise ConnectionResetError("fake upstream dropped the connection")
+        if step.startswith("slow:"):
+            latency = float(step.split(":", 1)[1])
+            step = "ok"
+        if latency:
+            await asyncio.sleep(latency)
+        if step.startswith("429"):
+            ra = step.split(":", 1)[1] if ":" in step else None
+            return err(429, "rate limited (fake upstream)", {"retry-after": ra} if ra else None)
+        if step in ("500", "502", "503"):
+            return err(int(step), "upstream exploded (fake upstream)")
+        if step == "400":
+            return err(400, "bad request (fake upstream)")
+        if step == "401":
+            return err(401, "invalid api key (fake upstream)")
+        text = state["answers"].get(model, state["answers"].get("*", "#### 42"))
+        msgs = body.get("messages") or []
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in msgs)
+        usage = state["usage"] or {
+            "prompt_tokens": max(1, prompt_chars // 4),
+            "completion_tokens": max(1, len(text) // 4),
+        }
+        usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if body.get("stream"):
+
+            async def gen():
+                pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+                first = {"role": "assistant", "content": ""}
+                for i, p in enumerate([None] + pieces):
+                    delta = first if p is None else {"content": p}
+                    chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                last = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+                yield f"data: {json.dumps(last)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(gen(), media_type="text/event-stream")
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+
+    return app
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(), host=host, port=port, log_level="warning", access_log=False, backlog=2048)
+
+
+class FakeUpstream:
+    """Start the fake provider in its own process; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, port: int | None = None, **control: Any):
+        self.port = port or _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._root = f"http://127.0.0.1:{self.port}"
+        self._proc: mp.Process | None = None
+        self._initial = control
+
+    def start(self) -> "FakeUpstream":
+        ctx = mp.get_context("spawn")
+        self._proc = ctx.Process(target=serve, args=(self.port,), daemon=True)
+        self._proc.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                httpx.get(self._root + "/_stats", timeout=1.0)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError("fake upstream did not start")
+        if self._initial:
+            self.control(**self._initial)
+        return self
+
+    def control(self, **body: Any) -> None:
+        httpx.post(self._root + "/_control", json=body, timeout=5.0).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(self._root + "/_stats", timeout=5.0).json()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc = None
+
+    def __enter__(self) -> "FakeUpstream":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=9000)
+    serve(ap.parse_args().port)
