@@ -278,15 +278,23 @@ def _grade_math(response: str, reference: str) -> bool:
 # ---- multiple choice ------------------------------------------------------------------------------------------
 
 _L = r"[A-E]"
-_BARE_RE = re.compile(rf"^\W*\(?\s*({_L})\s*\)?\W*$")
+_BARE_RE = re.compile(rf"^\W*\(?\s*({_L})\s*\)?\W*$", re.IGNORECASE)  # a lone letter, any case
 _PHRASE_RES = [
+    # "The answer is (C)", "Answer: C", "correct answer: **C**", "final answer = option C"
     re.compile(
-        rf"(?:correct\s+|final\s+|best\s+)?(?:answer|option|choice)\s*(?:is|would be|should be|:|=)?\s*:?\s*"
-        rf"(?:\*\*)?\s*(?:option\s+|choice\s+)?[\(\[]?({_L})(?![A-Za-z])",
+        rf"answer(?:\*\*)?\s*(?:is|would be|should be|will be|:|=)\s*:?\s*(?:\*\*)?\s*(?:option\s+|choice\s+)?"
+        rf"[\(\[]?({_L})(?![A-Za-z0-9])(?![\)\]]?\s*(?:or|and|/|,)\s*[\(\[]?[A-E](?![A-Za-z0-9]))",
+        re.IGNORECASE,
+    ),
+    # "Option C is correct", "the correct choice is C", "I choose B"
+    re.compile(
+        rf"(?:(?:option|choice)\s*[\(\[]?({_L})[\)\]]?\s*(?:is|would be)\s*(?:the\s+)?(?:correct|right|best)"
+        rf"|(?:correct|right|best)\s+(?:option|choice)\s*(?:is|:)\s*(?:\*\*)?[\(\[]?({_L})(?![A-Za-z0-9])"
+        rf"|\bI (?:choose|pick|select|would choose|would pick)\s+(?:option\s+)?[\(\[]?({_L})(?![A-Za-z0-9]))",
         re.IGNORECASE,
     ),
 ]
-_BOLD_RE = re.compile(rf"\*\*\s*\(?({_L})\)?[\s.:)]*(?:\*\*|[^*]{{0,80}}\*\*)")
+_BOLD_RE = re.compile(rf"\*\*\s*\(?({_L})(?![A-Za-z0-9])\)?[\s.:)]*(?:\*\*|[^*]{{0,80}}\*\*)")
 _LEADING_RE = re.compile(rf"^\s*(?:\*\*)?\s*\(?({_L})(?:\)|\.|:|\s*-)\s*\S")
 
 
@@ -304,10 +312,10 @@ def extract_choice(response: str) -> str | None:
         return None
     m = _BARE_RE.match(text)
     if m:
-        return m.group(1)
+        return m.group(1).upper()
     for rx in _PHRASE_RES:
         # "answer" words are case-insensitive, but the letter must be upper case
-        letters = [m.group(1) for m in rx.finditer(text) if m.group(1).isupper()]
+        letters = [g for m in rx.finditer(text) for g in m.groups() if g is not None and g.isupper()]
         if letters:
             return _unique(letters)
     bold = [m.group(1) for m in _BOLD_RE.finditer(text)]
@@ -318,7 +326,7 @@ def extract_choice(response: str) -> str | None:
         return m.group(1)
     first_line = text.splitlines()[0].strip()
     m = _BARE_RE.match(first_line)
-    if m:
+    if m and m.group(1).isupper():
         return m.group(1)
     return None
 

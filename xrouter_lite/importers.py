@@ -63,6 +63,11 @@ __all__ = [
 
 DEFAULT_POOL = Path(__file__).resolve().parent.parent / "configs" / "pool_routerbench.yaml"
 
+
+def default_pool_path() -> Path:
+    """``configs/pool_routerbench.yaml`` of this checkout, else of the current directory."""
+    return DEFAULT_POOL if DEFAULT_POOL.exists() else Path("configs") / "pool_routerbench.yaml"
+
 EVAL_TASKS: dict[str, str] = {
     "arc-challenge": "mc",
     "winogrande": "mc",
@@ -388,7 +393,7 @@ def import_routerbench(
     overwrite: bool = False,
 ) -> ImportSummary:
     """Import RouterBench CSVs into the cache file ``out``; returns the summary (see the module docstring)."""
-    pool = load_pool(pool_path or DEFAULT_POOL)
+    pool = load_pool(pool_path or default_pool_path())
     out = Path(out)
     summary = ImportSummary()
     present: set[tuple[str, str]] = set()
