@@ -39,6 +39,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _DroppedResponse:
+    """An ASGI response that promises a body, sends half of it and ends: uvicorn then closes the connection, so
+    the client sees a connection dropped mid-answer (a plain exception would become a clean HTTP 500)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-dropped", ', "more_body": True})
+
+
 def build_app():
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -96,7 +106,7 @@ def build_app():
         if step == "hang":
             await asyncio.sleep(3600)
         if step == "drop":
-            raise ConnectionResetError("fake upstream dropped the connection")
+            return _DroppedResponse()
         if step.startswith("slow:"):
             latency = float(step.split(":", 1)[1])
             step = "ok"

@@ -1,0 +1,607 @@
+"""Calling pool models: one function for every provider (through litellm) and for local Hugging Face models.
+
+    from xrouter_lite.llm import call_model, acall_model, LLMCallError
+    text, meta = call_model("gpt-4o-mini", [{"role": "user", "content": "2+2?"}], {"max_tokens": 64}, pool=pool)
+    meta.cost, meta.input_tokens, meta.output_tokens, meta.latency_s, meta.attempts
+    text, meta = await acall_model(spec, messages, {"temperature": 0.0, "max_tokens": 512})
+
+- Cost is ours, not litellm's: ``ModelSpec.cost(usage.prompt_tokens, usage.completion_tokens)``, i.e. the POOL's
+  prices times the provider's reported usage (when a provider reports no usage, the tokens are estimated and
+  ``meta.usage_estimated`` is set).
+- Retries: exponential back-off with jitter on 429, 408, 5xx, time-outs and dropped connections; a
+  ``Retry-After`` header is honoured (capped at ``RetryPolicy.retry_after_cap_s``). Never retried: 400, 401, 403,
+  404, 422 and missing credentials. A call that fails raises ``LLMCallError`` (``.retryable``, ``.status``,
+  ``.attempts``); an error is never returned as an answer.
+- Reasoning models (``spec.reasoning``) accept only temperature 1.0: they get it, no other sampling knobs, and a
+  larger output budget passed as ``max_completion_tokens`` (at least ``REASONING_MIN_OUTPUT_TOKENS``, clipped
+  to the model's ``max_output_tokens``; the budget covers the hidden reasoning tokens too). Other models get the
+  caller's sampling parameters with ``max_tokens`` clipped to their ``max_output_tokens``.
+- Keys: ``spec.api_key_env`` names the environment variable holding the key; a ``.env`` file in the working
+  directory (or above) is read once with python-dotenv (it never overrides the environment). Keys are never
+  logged: litellm's verbose logging and debug banners are switched off and every error message is scrubbed of
+  the key and of anything that looks like one. A model with ``api_base`` and no ``api_key_env`` (Ollama, vLLM,
+  the fake upstream) is sent a placeholder key, as OpenAI-compatible local servers need none.
+- Local members: a ``ModelSpec`` with ``hf_model`` (a folder or a Hub id, loaded offline) runs with transformers
+  in this process: loaded once, greedy decoding with the model's chat template, token counts from its
+  tokenizer, cost from the pool's prices (usually 0).
+
+litellm's per-call CPU overhead is reduced once per process by ``configure_litellm()`` (logging off, the pool's
+prices registered for models litellm does not know so its own cost lookup takes the fast path); see
+docs/BENCHMARKS.md "Stage 1" for the measured overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .pool import ModelSpec, Pool, load_pool
+
+__all__ = [
+    "CallMetadata",
+    "LLMCallError",
+    "RetryPolicy",
+    "LocalHFModel",
+    "call_model",
+    "acall_model",
+    "build_request_params",
+    "max_output_budget",
+    "estimate_prompt_tokens_upper",
+    "configure_litellm",
+    "classify_exception",
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_MAX_RETRIES",
+    "REASONING_MIN_OUTPUT_TOKENS",
+]
+
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 4
+REASONING_MIN_OUTPUT_TOKENS = 16384
+"""Output budget (reasoning + answer tokens) a reasoning model gets at least, clipped to its max_output_tokens."""
+LOCAL_DEFAULT_MAX_NEW_TOKENS = 512
+PLACEHOLDER_KEY = "sk-no-key-needed"
+
+_NEVER_RETRY = {400, 401, 403, 404, 405, 409, 413, 422}
+_CREDENTIALS_RE = re.compile(r"missing credentials|api[_ ]?key (must|is) (be )?(set|missing|required)|no api key", re.I)
+_KEYLIKE_RE = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-]{6,}|(?:api[_-]?key|token|secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9._\-]{6,})",
+    re.I,
+)
+_REQUEST_KNOBS = {
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
+    "frequency_penalty", "n", "logit_bias", "response_format", "reasoning_effort", "top_k", "tools", "tool_choice",
+    "logprobs", "top_logprobs", "user",
+}
+_REASONING_KNOBS = {"stop", "seed", "response_format", "reasoning_effort", "tools", "tool_choice", "user"}
+
+
+# ---- results and errors ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallMetadata:
+    """What a successful call cost and took. ``cost`` is USD from the pool's prices and the reported usage."""
+
+    model_id: str
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    latency_s: float
+    provider: str
+    attempts: int = 1
+    finish_reason: str | None = None
+    usage_estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LLMCallError(RuntimeError):
+    """A model call failed for good (after the retries it deserved). Its message never holds an API key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+    ):
+        super().__init__(message)
+        self.model_id = model_id
+        self.status = status
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with equal jitter: the n-th retry waits ``d/2 + U(0, d/2)`` with
+    ``d = min(max_delay_s, base_delay_s * 2**n)``; a ``Retry-After`` from the provider replaces it (capped)."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    retry_after_cap_s: float = 60.0
+
+    def delay(self, retry_index: int, retry_after: float | None = None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.retry_after_cap_s) + random.uniform(0, 0.1)
+        d = min(self.max_delay_s, self.base_delay_s * (2**retry_index))
+        return d / 2 + random.uniform(0, d / 2)
+
+
+# ---- litellm set-up --------------------------------------------------------------------------------------------
+
+_litellm_lock = threading.Lock()
+_litellm_mod = None
+_registered: set[str] = set()
+_dotenv_loaded = False
+
+
+def configure_litellm():
+    """Import litellm once with quiet, offline, low-overhead settings; returns the module."""
+    global _litellm_mod
+    if _litellm_mod is not None:
+        return _litellm_mod
+    with _litellm_lock:
+        if _litellm_mod is not None:
+            return _litellm_mod
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        import litellm
+
+        litellm.suppress_debug_info = True  # no "Give Feedback" banners
+        litellm.set_verbose = False
+        litellm.turn_off_message_logging = True
+        litellm.logging = False
+        litellm.telemetry = False
+        litellm.drop_params = True  # a knob a provider does not take is dropped rather than failing the call
+        for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+            lg = logging.getLogger(name)
+            lg.setLevel(logging.CRITICAL)  # its warnings/errors may echo request details; ours carry the facts
+            lg.propagate = False
+        _litellm_mod = litellm
+        return litellm
+
+
+def _load_dotenv_once() -> None:
+    global _dotenv_loaded
+    if _dotenv_loaded:
+        return
+    _dotenv_loaded = True
+    try:
+        from dotenv import find_dotenv, load_dotenv
+
+        path = find_dotenv(usecwd=True)
+        if path:
+            load_dotenv(path, override=False)
+    except ImportError:  # python-dotenv is a dependency; without it only the environment is read
+        pass
+
+
+def _register_prices(litellm, spec: ModelSpec) -> None:
+    """Tell litellm the pool's prices for a model it does not know (its per-call cost lookup for unknown models is
+    slow). Known models are left alone: we never use litellm's cost anyway."""
+    if spec.litellm_model in _registered:
+        return
+    _registered.add(spec.litellm_model)
+    name = spec.litellm_model
+    bare = name.split("/", 1)[1] if "/" in name else name
+    if name in litellm.model_cost or bare in litellm.model_cost:
+        return
+    try:
+        litellm.register_model(
+            {
+                name: {
+                    "input_cost_per_token": spec.input_price / 1e6,
+                    "output_cost_per_token": spec.output_price / 1e6,
+                    "max_input_tokens": spec.context_window,
+                    "max_output_tokens": spec.max_output_tokens,
+                    "max_tokens": spec.max_output_tokens,
+                    "litellm_provider": spec.provider_name if not spec.api_base else name.split("/", 1)[0],
+                    "mode": "chat",
+                }
+            }
+        )
+    except Exception:  # purely an optimisation
+        pass
+
+
+# ---- request building ---------------------------------------------------------------------------------------------
+
+
+def max_output_budget(spec: ModelSpec, sampling_params: dict[str, Any] | None = None,
+                      reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS) -> int:
+    """The most output tokens a call may produce (and be billed for) with these sampling parameters."""
+    p = sampling_params or {}
+    user = p.get("max_completion_tokens") or p.get("max_tokens")
+    if spec.reasoning:
+        return min(spec.max_output_tokens, max(int(user or 0), reasoning_min_tokens))
+    if spec.hf_model and not user:
+        return min(spec.max_output_tokens, LOCAL_DEFAULT_MAX_NEW_TOKENS)
+    return min(spec.max_output_tokens, int(user)) if user else spec.max_output_tokens
+
+
+def build_request_params(spec: ModelSpec, sampling_params: dict[str, Any] | None = None,
+                         reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS) -> dict[str, Any]:
+    """The sampling part of the request for this model (reasoning rules applied, budgets clipped)."""
+    p = dict(sampling_params or {})
+    unknown = set(p) - _REQUEST_KNOBS
+    if unknown:
+        raise ValueError(f"unknown sampling parameter(s) {sorted(unknown)} (known: {sorted(_REQUEST_KNOBS)})")
+    budget = max_output_budget(spec, p, reasoning_min_tokens)
+    if spec.reasoning:
+        out = {k: v for k, v in p.items() if k in _REASONING_KNOBS}
+        out["temperature"] = 1.0
+        out["max_completion_tokens"] = budget
+        return out
+    user_max = p.pop("max_completion_tokens", None) or p.get("max_tokens")
+    if user_max:
+        p["max_tokens"] = budget
+    return p
+
+
+def estimate_prompt_tokens_upper(messages: Sequence[dict[str, Any]]) -> int:
+    """An upper bound of the prompt tokens of a chat request: UTF-8 bytes of the contents (a byte-level BPE token
+    is at least one byte) plus a generous per-message template overhead."""
+    n = 16
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, str):
+            n += len(c.encode("utf-8"))
+        elif c is not None:
+            n += len(str(c).encode("utf-8"))
+        n += 16
+    return n
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return _KEYLIKE_RE.sub("***", text)
+
+
+def _api_key(spec: ModelSpec) -> str | None:
+    _load_dotenv_once()
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise LLMCallError(
+                f"model {spec.id!r}: environment variable {spec.api_key_env} (its api_key_env) is not set; "
+                "export it or put it in a .env file",
+                model_id=spec.id, status=401, retryable=False, attempts=0,
+            )
+        return key
+    if spec.api_base:
+        return PLACEHOLDER_KEY
+    return None  # litellm reads the provider's usual variable (OPENAI_API_KEY, TOGETHERAI_API_KEY, ...)
+
+
+# ---- error classification --------------------------------------------------------------------------------------
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers = None
+    for attr in ("litellm_response_headers", "headers"):
+        h = getattr(exc, attr, None)
+        if h:
+            headers = h
+            break
+    if headers is None:
+        resp = getattr(exc, "response", None)
+        headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return float(ms) / 1000.0
+        ra = headers.get("retry-after")
+    except Exception:
+        return None
+    if ra is None:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(str(ra))
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, IndexError):
+            return None
+
+
+def classify_exception(exc: BaseException) -> tuple[bool, int | None, float | None]:
+    """``(retryable, http_status_or_None, retry_after_s_or_None)`` for an exception raised by a call."""
+    if isinstance(exc, LLMCallError):
+        return exc.retryable, exc.status, None
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return True, 408, None
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(exc, "status", None)
+        status = status if isinstance(status, int) else None
+    msg = str(exc)
+    if _CREDENTIALS_RE.search(msg):
+        return False, 401, None
+    name = type(exc).__name__
+    if status == 429 or name == "RateLimitError":
+        return True, 429, _retry_after(exc)
+    if status in _NEVER_RETRY:
+        return False, status, None
+    if name in ("Timeout", "APITimeoutError") or status == 408:
+        return True, 408, None
+    if status is not None and status >= 500:
+        return True, status, _retry_after(exc)
+    if name in ("APIConnectionError", "ServiceUnavailableError", "InternalServerError", "APIError"):
+        return True, status, None
+    if isinstance(exc, (ConnectionError, OSError)):
+        return True, None, None
+    try:
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ClientError):
+            return True, None, None
+    except ImportError:
+        pass
+    try:
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):
+            return True, None, None
+    except ImportError:
+        pass
+    return False, status, None
+
+
+# ---- the calls ---------------------------------------------------------------------------------------------------
+
+_default_pool: Pool | None = None
+
+
+def _resolve(spec_or_id: ModelSpec | str, pool: Pool | None) -> ModelSpec:
+    global _default_pool
+    if isinstance(spec_or_id, ModelSpec):
+        return spec_or_id
+    if pool is None:
+        if _default_pool is None:
+            _default_pool = load_pool(Path(__file__).resolve().parent.parent / "configs" / "pool.yaml")
+        pool = _default_pool
+    return pool.get(spec_or_id)
+
+
+def _usage_of(resp: Any) -> tuple[int | None, int | None]:
+    usage = getattr(resp, "usage", None)
+    if usage is None and isinstance(resp, dict):
+        usage = resp.get("usage")
+    if usage is None:
+        return None, None
+    get = usage.get if isinstance(usage, dict) else (lambda k, d=None: getattr(usage, k, d))
+    return get("prompt_tokens", None), get("completion_tokens", None)
+
+
+async def _one_litellm_attempt(litellm, spec: ModelSpec, messages, params: dict[str, Any], key: str | None,
+                               timeout_s: float) -> tuple[str, int, int, str | None, bool]:
+    kwargs: dict[str, Any] = dict(params)
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+    if key is not None:
+        kwargs["api_key"] = key
+    # max_retries=0: the OpenAI SDK under litellm must not retry on its own; the loop below does.
+    coro = litellm.acompletion(model=spec.litellm_model, messages=messages, timeout=timeout_s, max_retries=0, **kwargs)
+    # a hard guard in case a transport ignores its time-out
+    resp = await asyncio.wait_for(coro, timeout_s + 5.0)
+    choices = getattr(resp, "choices", None) or []
+    if not choices:
+        raise LLMCallError(f"model {spec.id!r}: the provider returned no choices", model_id=spec.id, status=502,
+                           retryable=True)
+    msg = choices[0].message
+    text = getattr(msg, "content", None) or ""
+    finish = getattr(choices[0], "finish_reason", None)
+    in_tok, out_tok = _usage_of(resp)
+    estimated = False
+    if in_tok is None or out_tok is None:
+        estimated = True
+        in_tok = in_tok if in_tok is not None else estimate_prompt_tokens_upper(messages) // 4
+        out_tok = out_tok if out_tok is not None else max(1, len(text) // 4)
+    return text, int(in_tok), int(out_tok), finish, estimated
+
+
+async def acall_model(
+    spec_or_id: ModelSpec | str,
+    messages: Sequence[dict[str, Any]],
+    sampling_params: dict[str, Any] | None = None,
+    *,
+    pool: Pool | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_policy: RetryPolicy | None = None,  # overrides max_retries when given
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS,
+) -> tuple[str, CallMetadata]:
+    """Call one pool model; return ``(text, CallMetadata)`` or raise ``LLMCallError``.
+
+    ``before_attempt`` (e.g. a rate limiter's ``acquire``) is awaited before every attempt, retries included.
+    Cancelling the task cancels the HTTP request.
+    """
+    spec = _resolve(spec_or_id, pool)
+    policy = retry_policy if retry_policy is not None else RetryPolicy(max_retries=max_retries)
+    messages = list(messages)
+    if spec.hf_model:
+        return await asyncio.to_thread(_call_local, spec, messages, sampling_params)
+    litellm = configure_litellm()
+    _register_prices(litellm, spec)
+    params = build_request_params(spec, sampling_params, reasoning_min_tokens)
+    key = _api_key(spec)
+    secrets = [key] if key and key != PLACEHOLDER_KEY else []
+    attempts = 0
+    t0 = time.perf_counter()
+    while True:
+        attempts += 1
+        if before_attempt is not None:
+            await before_attempt()
+        try:
+            text, in_tok, out_tok, finish, estimated = await _one_litellm_attempt(
+                litellm, spec, messages, params, key, timeout_s
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # classified below; never returned as an answer
+            retryable, status, retry_after = classify_exception(e)
+            if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+                detail = f"no answer within the {timeout_s:g} s time-out"
+            else:
+                detail = f"{type(e).__name__}: {e}"
+            if retryable and attempts <= policy.max_retries:
+                await asyncio.sleep(policy.delay(attempts - 1, retry_after))
+                continue
+            what = "gave up after" if retryable else "not retried;"
+            raise LLMCallError(
+                _scrub(
+                    f"model {spec.id!r} ({spec.litellm_model}): "
+                    f"{'HTTP ' + str(status) if status else 'call failed'}, {what} {attempts} attempt(s): "
+                    f"{detail}"[:2000],
+                    secrets,
+                ),
+                model_id=spec.id, status=status, retryable=retryable, attempts=attempts,
+            ) from None
+        latency = time.perf_counter() - t0
+        return text, CallMetadata(
+            model_id=spec.id, input_tokens=in_tok, output_tokens=out_tok, cost=spec.cost(in_tok, out_tok),
+            latency_s=latency, provider=spec.provider_name, attempts=attempts, finish_reason=finish,
+            usage_estimated=estimated,
+        )
+
+
+def call_model(
+    spec_or_id: ModelSpec | str,
+    messages: Sequence[dict[str, Any]],
+    sampling_params: dict[str, Any] | None = None,
+    *,
+    pool: Pool | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_policy: RetryPolicy | None = None,
+    reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS,
+) -> tuple[str, CallMetadata]:
+    """Blocking ``acall_model``. Inside a running event loop, use ``await acall_model(...)`` instead."""
+    spec = _resolve(spec_or_id, pool)
+    if spec.hf_model:
+        return _call_local(spec, list(messages), sampling_params)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(
+            acall_model(spec, messages, sampling_params, timeout_s=timeout_s, max_retries=max_retries,
+                        retry_policy=retry_policy, reasoning_min_tokens=reasoning_min_tokens)
+        )
+    raise RuntimeError("call_model() was called inside a running event loop; use `await acall_model(...)`")
+
+
+# ---- local Hugging Face members -------------------------------------------------------------------------------
+
+
+class LocalHFModel:
+    """A causal LM run with transformers in this process: greedy decoding through the model's chat template.
+
+    Loaded once per ``hf_model`` (see ``LocalHFModel.get``); calls are serialised by a lock (one model, one
+    forward pass at a time). GPU when available (fp16), else CPU (fp32).
+    """
+
+    _instances: dict[str, LocalHFModel] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, name_or_path: str, device: str | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name_or_path
+        p = Path(name_or_path).expanduser()
+        src = str(p) if p.exists() else name_or_path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(src)
+            self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(self.device)
+        except OSError as e:
+            raise LLMCallError(f"local model {name_or_path!r} could not be loaded (offline; give a folder): {e}",
+                               status=None, retryable=False) from None
+        self.model.eval()
+        self.context_window = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def get(cls, name_or_path: str) -> LocalHFModel:
+        with cls._instances_lock:
+            m = cls._instances.get(name_or_path)
+            if m is None:
+                m = cls(name_or_path)
+                cls._instances[name_or_path] = m
+            return m
+
+    def generate(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = LOCAL_DEFAULT_MAX_NEW_TOKENS
+                 ) -> tuple[str, int, int, str]:
+        """``(text, prompt_tokens, completion_tokens, finish_reason)``; completion tokens count the eos if made."""
+        import torch
+
+        enc = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        input_ids = enc["input_ids"].to(self.device)
+        attn = enc.get("attention_mask")
+        attn = attn.to(self.device) if attn is not None else torch.ones_like(input_ids)
+        n_in = int(input_ids.shape[1])
+        if self.context_window and n_in >= self.context_window:
+            raise LLMCallError(f"local model {self.name!r}: prompt of {n_in} tokens does not fit its context of "
+                               f"{self.context_window}", status=400, retryable=False)
+        if self.context_window:
+            max_new_tokens = max(1, min(max_new_tokens, self.context_window - n_in))
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=pad, eos_token_id=eos, temperature=None, top_p=None, top_k=None,
+            )
+        new = out[0, n_in:].tolist()
+        finish = "length"
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        for i, t in enumerate(new):
+            if t in eos_ids:
+                new = new[: i + 1]
+                finish = "stop"
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return text, n_in, len(new), finish
+
+
+def _call_local(spec: ModelSpec, messages: list[dict[str, Any]], sampling_params: dict[str, Any] | None
+                ) -> tuple[str, CallMetadata]:
+    t0 = time.perf_counter()
+    try:
+        model = LocalHFModel.get(spec.hf_model)  # type: ignore[arg-type]
+        text, n_in, n_out, finish = model.generate(messages, max_output_budget(spec, sampling_params))
+    except LLMCallError as e:
+        e.model_id = spec.id
+        raise
+    except Exception as e:  # a local failure is not transient
+        raise LLMCallError(f"local model {spec.id!r} failed: {type(e).__name__}: {e}"[:2000], model_id=spec.id,
+                           retryable=False) from None
+    return text, CallMetadata(
+        model_id=spec.id, input_tokens=n_in, output_tokens=n_out, cost=spec.cost(n_in, n_out),
+        latency_s=time.perf_counter() - t0, provider=spec.provider_name, attempts=1, finish_reason=finish,
+    )
