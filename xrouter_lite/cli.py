@@ -33,6 +33,88 @@ def fetch_assets_cmd() -> None:
 
 # ---- stage 1: offline cache (cache.py) -------------------------------------------------------------------------
 
+
+@app.command("cache")
+def cache_cmd(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Cache config YAML (see configs/cache_gsm8k.yaml); the options below override it."
+    ),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Question file: GSM8K JSONL or generic {id, prompt, reference, task} JSONL."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Question file format: auto (default), gsm8k or generic."),
+    dataset_name: Optional[str] = typer.Option(None, "--dataset-name", help="Dataset name written in every record (default: from the file)."),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Pool YAML (default: configs/pool.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Offline cache JSONL; existing records are kept and skipped (default: runs/offline_cache.jsonl)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model ids to call (default: every pool model)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N questions of the file."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Calls in flight at once (default: 16)."),
+    rate_limit_rpm: Optional[float] = typer.Option(None, "--rate-limit-rpm", min=0.001, help="Requests per minute per model, retries included (default: unlimited)."),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="Hard spending cap in USD: worst-case costs are reserved before each call; stops before crossing it."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Output token cap per answer (default: 1024; reasoning models get --reasoning-max-tokens)."),
+    reasoning_max_tokens: Optional[int] = typer.Option(None, "--reasoning-max-tokens", min=1, help="Output budget of reasoning models, thinking included (default: 16384)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, help="Sampling temperature (default: 0; reasoning models always use 1)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Seconds per attempt before it counts as failed (default: 120)."),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="Retries of 429/5xx/time-outs/dropped connections per call (default: 4)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message sent before every question (default: none)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost per model and call nothing."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_summary: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the run summary as JSON here."),
+) -> None:
+    """Stage 1: call every pool model on every question, grade the answers, append them to the offline cache.
+
+    Re-running the same command resumes: answered pairs are skipped, errored ones retried. Ctrl-C stops cleanly.
+    """
+    import json
+
+    from rich.console import Console
+
+    from .cache import CacheConfigError, estimate_cache_cost, load_cache_config, print_estimate, print_summary, run_cache
+    from .pool import PoolError
+    from .records import CacheFormatError
+
+    console = Console(stderr=True)
+    try:
+        from .data import DataFormatError
+
+        cfg = load_cache_config(
+            config, dataset=dataset, format=fmt, dataset_name=dataset_name, pool=pool, out=out,
+            models=[m.strip() for m in models.split(",") if m.strip()] if models else None, limit=limit,
+            concurrency=concurrency, rate_limit_rpm=rate_limit_rpm, budget_usd=budget_usd, max_tokens=max_tokens,
+            reasoning_max_tokens=reasoning_max_tokens, temperature=temperature, timeout_s=timeout,
+            max_retries=max_retries, system_prompt=system_prompt, dry_run=dry_run or None,
+        )
+        if cfg.dry_run:
+            print_estimate(estimate_cache_cost(cfg), Console(), cfg)
+            return
+        summary = run_cache(cfg, console=console, progress=False if no_progress else None)
+    except (CacheConfigError, PoolError, CacheFormatError, DataFormatError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    print_summary(summary, console)
+    if json_summary:
+        json_summary.parent.mkdir(parents=True, exist_ok=True)
+        json_summary.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
+    if summary.stopped == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command("cache-compact")
+def cache_compact_cmd(
+    cache: Path = typer.Argument(..., help="Offline cache JSONL to compact."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of replacing the file."),
+    drop_errors: bool = typer.Option(False, "--drop-errors", help="Leave out pairs that only ever errored."),
+) -> None:
+    """Rewrite an offline cache with one line per (prompt, model): its answer, else its newest error."""
+    from .cache import compact_cache
+    from .records import CacheFormatError
+
+    try:
+        st = compact_cache(cache, out, drop_errors=drop_errors)
+    except (CacheFormatError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"kept {st.kept} record(s) ({st.errors_kept} errors), dropped {st.dropped} superseded line(s): {out or cache}")
+
+
 # ---- stage 1b: import of recorded runs (cache.py / importers) ---------------------------------------------------
 
 

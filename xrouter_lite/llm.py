@@ -461,9 +461,12 @@ async def acall_model(
             raise
         except Exception as e:  # classified below; never returned as an answer
             retryable, status, retry_after = classify_exception(e)
-            if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-                detail = f"no answer within the {timeout_s:g} s time-out"
+            timed_out = isinstance(e, (asyncio.TimeoutError, TimeoutError)) or type(e).__name__ in (
+                "Timeout", "APITimeoutError")
+            if timed_out:
+                label, detail = "time-out", f"no answer within the {timeout_s:g} s time-out"
             else:
+                label = f"HTTP {status}" if status else "call failed"
                 detail = f"{type(e).__name__}: {e}"
             if retryable and attempts <= policy.max_retries:
                 await asyncio.sleep(policy.delay(attempts - 1, retry_after))
@@ -471,8 +474,7 @@ async def acall_model(
             what = "gave up after" if retryable else "not retried;"
             raise LLMCallError(
                 _scrub(
-                    f"model {spec.id!r} ({spec.litellm_model}): "
-                    f"{'HTTP ' + str(status) if status else 'call failed'}, {what} {attempts} attempt(s): "
+                    f"model {spec.id!r} ({spec.litellm_model}): {label}, {what} {attempts} attempt(s): "
                     f"{detail}"[:2000],
                     secrets,
                 ),
