@@ -162,6 +162,94 @@ def import_routerbench_cmd(
 
 # ---- serving (serve.py) ------------------------------------------------------------------------------------------
 
+
+@app.command("serve")
+def serve_cmd(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Folder of the trained router's LoRA adapter."),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Pool YAML of the models that answer (default: configs/pool.yaml)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default: 8800)."),
+    host: Optional[str] = typer.Option(
+        None, "--host", help="Address to bind (default: 127.0.0.1, this machine only; anything else is warned about)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Serve config YAML (see configs/serve.yaml); the options here override it."
+    ),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model of the adapter (default: the adapter's record)."),
+    default_model: Optional[str] = typer.Option(
+        None, "--default-model", help="Model used when the router fails (default: the cheapest offered model)."
+    ),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Cost knob of model 'router' (default: the router's own)."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="XROUTER_API_KEY", show_default=False,
+        help="Bearer token clients must send (or env XROUTER_API_KEY); no auth when unset.",
+    ),
+    max_fallback_tries: Optional[int] = typer.Option(
+        None, "--max-fallback-tries", min=1, help="Upstream calls per request at most, fallbacks included (default: 3)."
+    ),
+    request_budget_usd: Optional[float] = typer.Option(
+        None, "--request-budget-usd", min=0.0, help="Default budget of one request in USD (a request's max_cost_usd overrides it)."
+    ),
+    server_budget_usd: Optional[float] = typer.Option(
+        None, "--server-budget-usd", min=0.0, help="Budget of this server run in USD; beyond it requests get 402."
+    ),
+    upstream_timeout_s: Optional[float] = typer.Option(
+        None, "--upstream-timeout-s", min=0.001, help="Time-out of every upstream call in seconds (default: 60)."
+    ),
+    router_timeout_s: Optional[float] = typer.Option(
+        None, "--router-timeout-s", min=0.001, help="A routing decision slower than this uses the default model (default: 10)."
+    ),
+    max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", min=1024, help="Larger request bodies get 413 (default: 1000000)."),
+    max_router_batch: Optional[int] = typer.Option(None, "--max-router-batch", min=1, help="Decisions per router forward pass at most (default: 16)."),
+    batch_window_ms: Optional[float] = typer.Option(
+        None, "--batch-window-ms", min=0.0, help="How long the router waits to batch concurrent requests (default: 2)."
+    ),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error (default: info)."),
+) -> None:
+    """Serve the router as an OpenAI-compatible API (POST /v1/chat/completions with model="router")."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .pool import PoolError
+    from .serve import ServeSettings, run_server
+
+    overrides = dict(
+        adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, default_model=default_model, tau=tau,
+        api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
+        server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
+        max_body_bytes=max_body_bytes, max_router_batch=max_router_batch, batch_window_ms=batch_window_ms,
+        log_level=log_level,
+    )
+    try:
+        if config:
+            settings = ServeSettings.from_yaml(config, **overrides)
+        else:
+            settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        msg = str(e)
+        if hasattr(e, "errors"):
+            from .serve import _validation_text
+
+            msg = _validation_text(e)  # type: ignore[arg-type]
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(2) from None
+    if settings.adapter is None:
+        typer.echo("error: no router adapter: give --adapter DIR (or 'adapter:' in the config)", err=True)
+        raise typer.Exit(2)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"warning: binding to {settings.host}: other machines can reach this server"
+            + ("" if settings.api_key else " and it has NO api key (--api-key or XROUTER_API_KEY)"),
+            err=True,
+        )
+    try:
+        run_server(settings)
+    except (ValueError, PoolError, RuntimeError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 # ---- the whole pipeline (pipeline.py) ----------------------------------------------------------------------------
 
 

@@ -1093,11 +1093,19 @@ def load_router(settings: ServeSettings, pool: Pool) -> BaseRouter:
 
 
 def run_server(settings: ServeSettings, router: BaseRouter | None = None) -> None:
-    """Load the pool, build the app and run uvicorn until Ctrl-C."""
+    """Load the pool and the router (before listening, so a bad adapter fails here with a clear message), then run
+    uvicorn until Ctrl-C."""
     import uvicorn
 
-    pool = load_pool(settings.pool)
-    app = create_app(pool=pool, settings=settings, router=router, router_factory=None if router else load_router)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pool = load_pool(settings.pool)
+    if router is None:
+        t0 = time.perf_counter()
+        log.info("loading the router from %s ...", settings.adapter)
+        router = load_router(settings, pool)
+        log.info("router %s loaded in %.1f s", getattr(router, "name", "?"), time.perf_counter() - t0)
+    app = create_app(pool=pool, settings=settings, router=router)
+    log.info("serving %d pool models on http://%s:%d/v1 (auth %s)", len(pool), settings.host, settings.port,
+             "on" if settings.api_key else "off")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=5)
