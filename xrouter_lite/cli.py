@@ -156,6 +156,99 @@ def import_routerbench_cmd(
 
 # ---- stage 2: DPO pairs (pairs.py) -------------------------------------------------------------------------------
 
+
+@app.command("pairs")
+def pairs_cmd(
+    cache: Path = typer.Argument(..., help="The offline cache (offline_cache.jsonl) to read."),
+    pool: Path = typer.Option(
+        Path("configs/pool.yaml"), "--pool", help="Pool YAML of the cached models (configs/pool_routerbench.yaml for RouterBench)."
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", "-o", help="Where to write dpo_train_data.json etc. (default: the cache's folder)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Pairs config YAML (see configs/pairs.yaml); the options below override it."
+    ),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="best-vs-rest (default), all or best-vs-worst."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="A pair needs R(chosen) > R(rejected) + margin (default: 0.01)."),
+    max_pairs_per_prompt: Optional[int] = typer.Option(
+        None, "--max-pairs-per-prompt", min=1, help="Cap of pairs per router prompt, i.e. prompt x offered subset (default: 8)."
+    ),
+    k: Optional[float] = typer.Option(None, "--k", help="Reward K (default: 1.0)."),
+    lam: Optional[float] = typer.Option(None, "--lambda", "--lam", help="Reward lambda, the weight of cost (default: 0.1)."),
+    cost_max: Optional[float] = typer.Option(None, "--cost-max", help="Cap of lambda x C, below K (default: 0.5)."),
+    cost_unit: Optional[str] = typer.Option(
+        None, "--cost-unit", help="C as usd, usd_per_1k or normalized, normalized = by the priciest offered answer (default: normalized)."
+    ),
+    subset_mode: Optional[str] = typer.Option(
+        None, "--subset-mode", help="Offered models per prompt: uniform (random subset), per-tier or full (default: uniform)."
+    ),
+    full_pool: bool = typer.Option(False, "--full-pool", help="Always offer every model with a valid answer."),
+    min_offered: Optional[int] = typer.Option(None, "--min-offered", min=2, help="Smallest offered subset (default: 2)."),
+    max_offered: Optional[int] = typer.Option(None, "--max-offered", min=2, help="Largest offered subset (default: all)."),
+    subsets_per_prompt: Optional[int] = typer.Option(
+        None, "--subsets-per-prompt", min=1, help="Distinct offered subsets (router prompts) per prompt (default: 1)."
+    ),
+    eval_fraction: Optional[float] = typer.Option(
+        None, "--eval-fraction", min=0.0, max=0.99, help="Share of prompts held out into dpo_eval_data.json and test_cache.jsonl (default: 0)."
+    ),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of subsets, pair sampling and the split (default: 0)."),
+    tokenizer: str = typer.Option(
+        "qwen2.5", "--tokenizer", help="Counts and caps prompt tokens: qwen2.5 (offline, exact), smollm2, a path, or none."
+    ),
+    max_prompt_tokens: Optional[int] = typer.Option(
+        None, "--max-prompt-tokens", min=1, help="Router prompts longer than this are skipped and counted, never truncated (default: 4096)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first bad cache line instead of skipping and counting it."),
+) -> None:
+    """Make DPO preference pairs (TRL conversational format) from the offline cache, with a cost-aware reward."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pydantic import ValidationError
+
+    from .pairs import PairsConfig, PairsInputError, load_count_tokenizer, print_report, run_pairs
+    from .pool import PoolError, load_pool
+
+    overrides = dict(
+        strategy=strategy, margin=margin, max_pairs_per_prompt=max_pairs_per_prompt, k=k, lam=lam, cost_max=cost_max,
+        cost_unit=cost_unit, subset_mode="full" if full_pool else subset_mode, min_offered=min_offered,
+        max_offered=max_offered, subsets_per_prompt=subsets_per_prompt, eval_fraction=eval_fraction, seed=seed,
+        max_prompt_tokens=max_prompt_tokens, strict=True if strict else None,
+    )
+    try:
+        cfg = PairsConfig.from_yaml(config, **overrides) if config else PairsConfig.from_dict(None, **overrides)
+        the_pool = load_pool(pool)
+    except (ValueError, PoolError) as e:
+        if isinstance(e, ValidationError):
+            msg = "; ".join(
+                f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg'].removeprefix('Value error, ')}" for x in e.errors()
+            )
+        else:
+            msg = str(e)
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(2) from None
+    if not cache.exists():
+        typer.echo(f"error: cache file not found: {cache}", err=True)
+        raise typer.Exit(2)
+    tok = load_count_tokenizer(tokenizer)
+    if tok is None:
+        typer.echo("note: --tokenizer none: prompt lengths are neither counted nor capped", err=True)
+    try:
+        rep = run_pairs(cache, the_pool, cfg, out_dir=out_dir or cache.parent, tokenizer=tok, tokenizer_name=tokenizer)
+    except PairsInputError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing written (earlier outputs, if any, are untouched)", err=True)
+        raise typer.Exit(130) from None
+    print_report(rep)
+    if rep.skipped_lines.get("unknown_model"):
+        typer.echo(f"note: {rep.skipped_lines['unknown_model']} lines name models that are not in {pool}: wrong --pool?", err=True)
+    if rep.pairs_train == 0:
+        typer.echo("error: no training pair was produced (see the report above)", err=True)
+        raise typer.Exit(1)
+
 # ---- stage 3: training (train.py) --------------------------------------------------------------------------------
 
 # ---- stage 4: evaluation (evaluate.py) ---------------------------------------------------------------------------

@@ -1,0 +1,615 @@
+"""Stage 2: DPO preference pairs from the offline cache.
+
+    xrouter-lite pairs outputs/offline_cache.jsonl --pool configs/pool_routerbench.yaml --eval-fraction 0.2
+    # or: python scripts/preprocess_dpo.py outputs/offline_cache.jsonl ...
+
+reads ``offline_cache.jsonl`` (one answer of one model to one prompt per line) and writes, in ``--out-dir``:
+
+- ``dpo_train_data.json``: JSON Lines, one preference pair per line, in TRL's conversational preference format
+  (``prompt`` messages, ``chosen`` / ``rejected`` assistant messages, ``tools`` as a JSON string) built by
+  ``prompting.dpo_example``, with the extra columns ``prompt_id, dataset, offered_models, chosen_model,
+  rejected_model, reward_chosen, reward_rejected, cost_chosen, cost_rejected``.
+  ``datasets.load_dataset("json", data_files=...)`` loads it and TRL's ``DPOTrainer`` trains on it as it is
+  (with a tools-aware chat template such as Qwen2.5's; for SmolLM2, whose template drops ``tools=``, render with
+  ``prompting.render_prompt``, as the training stage does).
+- ``dpo_eval_data.json``: the same for the held-out prompts (``--eval-fraction``), and ``test_cache.jsonl``: the
+  held-out prompts' cache lines, verbatim, for the evaluation stage. A prompt is never on both sides.
+- ``pairs_report.json``: what was read, skipped (by reason, with line numbers), paired and offered.
+
+How pairs are made, per prompt: the models with a valid (non-errored) answer are the candidates. A subset of them
+is offered (``subset_mode``: ``uniform`` size in [min_offered, max_offered], ``per-tier`` the same size drawn
+round-robin over the pool's tiers, or ``full``; ``subsets_per_prompt`` distinct subsets), listed in the prompt in
+a seeded random order. Each offered model gets the reward of ``reward.py``; pairs (A, B) with
+R(A) > R(B) + margin are formed by ``strategy`` (``best-vs-rest``, ``all``, ``best-vs-worst``) and capped at
+``max_pairs_per_prompt`` per router prompt (prompt x offered subset) by a seeded sample. A subset where every
+offered model is wrong, or whose rewards all lie within the margin (a tie), gives no pair and is counted.
+Everything random is seeded per prompt id, so the output does not depend on the order of the cache lines.
+
+Bad input (missing fields, duplicate (prompt_id, model_name), NaN/negative cost, a model not in the pool, a null
+``is_correct`` without an error, one prompt id with two different prompt texts) is reported with file and line:
+``strict`` stops at the first, the default skips the line and counts it by reason. An errored record followed by
+a successful retry of the same (prompt, model) is not a duplicate: the answer replaces the error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .pool import Pool
+from .prompting import DEFAULT_MAX_PROMPT_TOKENS, PromptTooLongError, build_router_prompt, dpo_example, encode_prompt
+from .records import CacheFormatError, ReadReport, iter_records
+from .reward import RewardConfig, offered_rewards
+
+Strategy = Literal["best-vs-rest", "all", "best-vs-worst"]
+SubsetMode = Literal["uniform", "per-tier", "full"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+SUBSET_MODES: tuple[str, ...] = get_args(SubsetMode)
+
+TRAIN_FILE = "dpo_train_data.json"
+EVAL_FILE = "dpo_eval_data.json"
+TEST_CACHE_FILE = "test_cache.jsonl"
+REPORT_FILE = "pairs_report.json"
+MAX_EXAMPLES = 20  # skipped-line messages kept in the report
+
+
+class PairsInputError(CacheFormatError):
+    """Bad cache input in strict mode; the message names the file and the line."""
+
+
+class PairsConfig(BaseModel):
+    """Everything that decides which pairs are made. Loadable from YAML (``configs/pairs.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    strategy: Strategy = "best-vs-rest"
+    margin: float = Field(0.01, ge=0, description="a pair needs R(chosen) > R(rejected) + margin")
+    max_pairs_per_prompt: int | None = Field(8, ge=1, description="cap per router prompt (prompt x subset)")
+    seed: int = 0
+    subset_mode: SubsetMode = "uniform"
+    min_offered: int = Field(2, ge=2)
+    max_offered: int | None = Field(None, ge=2, description="None: every model with a valid answer")
+    subsets_per_prompt: int = Field(1, ge=1)
+    shuffle_offered: bool = True
+    eval_fraction: float = Field(0.0, ge=0, lt=1)
+    max_prompt_tokens: int | None = Field(DEFAULT_MAX_PROMPT_TOKENS, ge=1)
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PairsConfig:
+        if self.max_offered is not None and self.max_offered < self.min_offered:
+            raise ValueError(f"max_offered ({self.max_offered}) is below min_offered ({self.min_offered})")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> PairsConfig:
+        """Load a YAML config; ``overrides`` (None values ignored) win over the file. Reward keys may be given
+        flat as ``k``, ``lam``, ``cost_max``, ``cost_unit``."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: cannot read the pairs config: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        try:
+            return cls.from_dict(data, **overrides)
+        except ValidationError as e:
+            raise ValueError(f"{path}: {_pretty(e)}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> PairsConfig:
+        data = dict(data or {})
+        reward = dict(data.pop("reward", None) or {})
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in ("k", "lam", "cost_max", "cost_unit"):
+                reward[key] = value
+            else:
+                data[key] = value
+        return cls(reward=RewardConfig(**reward), **data)
+
+
+def _pretty(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+    )
+
+
+# ---- reading the cache --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    correct: bool | None  # None: the call errored
+    cost: float
+    lineno: int
+
+
+@dataclass
+class PromptGroup:
+    """One prompt's text (kept once) and each model's outcome (small tuples; no response text)."""
+
+    dataset: str
+    text: str
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def valid(self) -> dict[str, tuple[bool, float]]:
+        return {m: (o.correct, o.cost) for m, o in self.outcomes.items() if o.correct is not None}
+
+
+@dataclass
+class InputStats:
+    lines_with_records: int = 0
+    records_used: int = 0
+    errored_calls: int = 0
+    retried_errors_replaced: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    torn_last_line: bool = False
+
+
+def _skip(stats: InputStats, strict: bool, reason: str, msg: str) -> None:
+    if strict:
+        raise PairsInputError(msg + " (run without --strict to skip such lines and count them)")
+    stats.skipped[reason] += 1
+    if len(stats.examples) < MAX_EXAMPLES:
+        stats.examples.append(msg)
+
+
+def load_groups(path: str | Path, pool: Pool, *, strict: bool = False, stats: InputStats | None = None) -> dict[str, PromptGroup]:
+    """Stream the cache into ``{prompt_id: PromptGroup}`` (first-seen order), validating every line."""
+    stats = stats if stats is not None else InputStats()
+    groups: dict[str, PromptGroup] = {}
+    rr = ReadReport()
+    try:
+        for lineno, rec in iter_records(path, strict=strict, report=rr):
+            stats.lines_with_records += 1
+            where = f"{path}:{lineno}"
+            if rec.model_name not in pool:
+                _skip(stats, strict, "unknown_model", f"{where}: model {rec.model_name!r} is not in the pool {pool.source}")
+                continue
+            if rec.error is None:
+                try:
+                    rec.validate_numbers(where)
+                except CacheFormatError as e:
+                    _skip(stats, strict, "bad_cost", str(e))
+                    continue
+                if rec.is_correct is None:
+                    _skip(stats, strict, "no_correctness", f"{where}: is_correct is null but error is not set")
+                    continue
+            g = groups.get(rec.prompt_id)
+            if g is None:
+                g = groups[rec.prompt_id] = PromptGroup(dataset=rec.dataset, text=rec.prompt)
+            elif g.text != rec.prompt:
+                _skip(stats, strict, "prompt_mismatch",
+                      f"{where}: prompt_id {rec.prompt_id!r} has a different prompt text than its first line")
+                continue
+            new = Outcome(None if rec.error is not None else rec.is_correct, rec.cost, lineno)
+            old = g.outcomes.get(rec.model_name)
+            if old is not None:
+                if old.correct is None and new.correct is not None:  # a successful retry of an errored call
+                    stats.retried_errors_replaced += 1
+                    stats.errored_calls -= 1
+                elif new.correct is None:  # an error after an answer/earlier error: nothing new
+                    continue
+                else:
+                    _skip(stats, strict, "duplicate",
+                          f"{where}: duplicate (prompt_id, model_name) = ({rec.prompt_id!r}, {rec.model_name!r}); "
+                          f"first seen on line {old.lineno}")
+                    continue
+            if new.correct is None:
+                stats.errored_calls += 1
+            g.outcomes[rec.model_name] = new
+    except CacheFormatError as e:
+        if isinstance(e, PairsInputError):
+            raise
+        raise PairsInputError(str(e) + " (run without --strict to skip such lines and count them)") from None
+    for msg in rr.bad_lines:
+        stats.skipped["malformed"] += 1
+        if len(stats.examples) < MAX_EXAMPLES:
+            stats.examples.append(msg)
+    stats.torn_last_line = rr.torn_last_line
+    stats.records_used = sum(len(g.outcomes) for g in groups.values())
+    return groups
+
+
+# ---- offered subsets, pairs, split ----------------------------------------------------------------------------
+
+
+def prompt_rng(seed: int, prompt_id: str, salt: str = "") -> random.Random:
+    """A generator seeded by (seed, prompt id): results do not depend on the order of the cache lines."""
+    return random.Random(f"{seed}\x1f{prompt_id}\x1f{salt}")
+
+
+def sample_offered(candidates: list[str], pool: Pool, cfg: PairsConfig, rng: random.Random) -> list[str]:
+    """One offered subset of ``candidates`` (models with a valid answer), at least 2 models."""
+    n = len(candidates)
+    if n < 2:
+        return []
+    if cfg.subset_mode == "full":
+        chosen = list(candidates)
+    else:
+        hi = n if cfg.max_offered is None else min(cfg.max_offered, n)
+        lo = min(cfg.min_offered, hi)
+        size = rng.randint(lo, hi)
+        if cfg.subset_mode == "uniform":
+            chosen = rng.sample(candidates, size)
+        else:  # per-tier: round-robin over the tiers (in random order), a random model of each tier per turn
+            by_tier: dict[str, list[str]] = {}
+            for m in candidates:
+                by_tier.setdefault(pool.get(m).tier, []).append(m)
+            tiers = sorted(by_tier)
+            rng.shuffle(tiers)
+            for t in tiers:
+                rng.shuffle(by_tier[t])
+            chosen = []
+            while len(chosen) < size:
+                for t in tiers:
+                    if by_tier[t] and len(chosen) < size:
+                        chosen.append(by_tier[t].pop())
+    if cfg.shuffle_offered:
+        rng.shuffle(chosen)
+    else:
+        order = {m: i for i, m in enumerate(pool.ids)}
+        chosen.sort(key=order.__getitem__)
+    return chosen
+
+
+def make_pairs(
+    rewards: dict[str, float],
+    costs: dict[str, float],
+    strategy: str,
+    margin: float,
+    cap: int | None,
+    rng: random.Random,
+) -> list[tuple[str, str]]:
+    """Pairs (chosen, rejected) with R(chosen) > R(rejected) + margin among the offered models.
+
+    The best model is the highest reward (ties: the cheaper, then the model id); the worst, for ``best-vs-worst``,
+    the lowest reward (ties: a seeded random one). Over ``cap`` pairs, a seeded random sample is kept.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if len(rewards) < 2:
+        return []
+    models = sorted(rewards)
+    best = min(models, key=lambda m: (-rewards[m], costs[m], m))
+    if strategy == "best-vs-rest":
+        pairs = [(best, m) for m in models if m != best and rewards[best] > rewards[m] + margin]
+    elif strategy == "all":
+        pairs = [(a, b) for a in models for b in models if rewards[a] > rewards[b] + margin]
+    else:
+        low = min(rewards.values())
+        worst = rng.choice([m for m in models if rewards[m] == low])
+        pairs = [(best, worst)] if rewards[best] > rewards[worst] + margin else []
+    if cap is not None and len(pairs) > cap:
+        keep = set(rng.sample(range(len(pairs)), cap))
+        pairs = [p for i, p in enumerate(pairs) if i in keep]
+    return pairs
+
+
+def split_prompt_ids(prompt_ids: Iterable[str], eval_fraction: float, seed: int) -> set[str]:
+    """The held-out prompt ids: a seeded shuffle of the sorted ids, the first round(fraction x n)."""
+    ids = sorted(set(prompt_ids))
+    if eval_fraction <= 0 or not ids:
+        return set()
+    random.Random(f"split\x1f{seed}").shuffle(ids)
+    n_eval = min(len(ids) - 1, max(1, round(eval_fraction * len(ids))))
+    return set(ids[:n_eval])
+
+
+def load_count_tokenizer(name: str | None):
+    """The tokenizer that counts (and caps) prompt tokens: ``qwen2.5`` (exact, offline; xrouter_lite.qwen),
+    ``smollm2`` (the local SmolLM2-135M-Instruct), a local folder / Hub name (transformers), or ``none``."""
+    if name is None or name.lower() == "none":
+        return None
+    key = name.lower()
+    if key in ("qwen2.5", "qwen2_5", "qwen"):
+        from .qwen import qwen_tokenizer
+
+        return qwen_tokenizer()
+    from transformers import AutoTokenizer
+
+    if key in ("smollm2", "smollm2-135m-instruct"):
+        from .assets import smollm2_path
+
+        return AutoTokenizer.from_pretrained(str(smollm2_path()))
+    return AutoTokenizer.from_pretrained(name)
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+
+def _percentile(sorted_vals: list[int], q: float) -> int:
+    if not sorted_vals:
+        return 0
+    i = min(len(sorted_vals) - 1, max(0, math.ceil(q / 100 * len(sorted_vals)) - 1))
+    return sorted_vals[i]
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    s = sorted(lengths)
+    return {"n": len(s), "p50": _percentile(s, 50), "p95": _percentile(s, 95), "max": s[-1] if s else 0}
+
+
+@dataclass
+class PairsReport:
+    cache: str
+    config: dict[str, Any]
+    lines_with_records: int = 0
+    records_used: int = 0
+    errored_calls_left_out: int = 0
+    retried_errors_replaced: int = 0
+    skipped_lines: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
+    torn_last_line: bool = False
+    prompts_read: int = 0
+    prompts_train: int = 0
+    prompts_eval: int = 0
+    prompts_too_few_models: int = 0
+    prompts_with_pairs: int = 0
+    router_prompts: int = 0
+    router_prompts_with_pairs: int = 0
+    no_pair: dict[str, int] = field(default_factory=dict)
+    pairs_train: int = 0
+    pairs_eval: int = 0
+    pairs_correct_vs_wrong: int = 0
+    pairs_both_correct: int = 0
+    mean_cost_chosen_per_1k: float = 0.0  # USD per 1,000 queries, averaged over pairs
+    mean_cost_rejected_per_1k: float = 0.0
+    chosen_models: dict[str, int] = field(default_factory=dict)
+    rejected_models: dict[str, int] = field(default_factory=dict)
+    rejected_models_both_correct: dict[str, int] = field(default_factory=dict)  # who loses the cost pairs
+    best_models: dict[str, int] = field(default_factory=dict)
+    offered_sizes: dict[str, int] = field(default_factory=dict)
+    tokenizer: str | None = None
+    prompt_tokens: dict[str, int] | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pairs_total(self) -> int:
+        return self.pairs_train + self.pairs_eval
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pairs_total"] = self.pairs_total
+        d["strategy"] = self.config.get("strategy")
+        return d
+
+
+class _AtomicLines:
+    """Writes lines to ``path.tmp`` and renames it over ``path`` on commit, so an interrupted run leaves the
+    previous output untouched."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.f = self.tmp.open("w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        self.f.write(line if line.endswith("\n") else line + "\n")
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def run_pairs(
+    cache_path: str | Path,
+    pool: Pool,
+    cfg: PairsConfig,
+    out_dir: str | Path | None = None,
+    tokenizer: Any = None,
+    tokenizer_name: str | None = None,
+    on_prompt: Callable[[], None] | None = None,
+) -> PairsReport:
+    """Make the pairs. With ``out_dir`` the files are written there (atomically); without, only the report is
+    computed (benchmarks). With ``tokenizer`` each router prompt is rendered, counted and checked against
+    ``cfg.max_prompt_tokens`` (too long: ``strict`` fails, else the router prompt is skipped and counted; nothing
+    is ever truncated)."""
+    cache_path = Path(cache_path)
+    stats = InputStats()
+    groups = load_groups(cache_path, pool, strict=cfg.strict, stats=stats)
+    eval_ids = split_prompt_ids(groups, cfg.eval_fraction, cfg.seed)
+    rep = PairsReport(cache=str(cache_path), config=cfg.model_dump(mode="json"), tokenizer=tokenizer_name)
+    rep.lines_with_records = stats.lines_with_records
+    rep.records_used = stats.records_used
+    rep.errored_calls_left_out = stats.errored_calls
+    rep.retried_errors_replaced = stats.retried_errors_replaced
+    rep.skipped_lines = dict(stats.skipped)
+    rep.skipped_examples = stats.examples
+    rep.torn_last_line = stats.torn_last_line
+    rep.prompts_read = len(groups)
+    rep.prompts_eval = len(eval_ids)
+    rep.prompts_train = len(groups) - len(eval_ids)
+
+    no_pair: Counter = Counter()
+    chosen_c: Counter = Counter()
+    rejected_c: Counter = Counter()
+    rejected_cc: Counter = Counter()
+    best_c: Counter = Counter()
+    sizes: Counter = Counter()
+    lengths: list[int] = []
+    cost_sums = [0.0, 0.0]
+
+    writers: dict[str, _AtomicLines] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        writers["train"] = _AtomicLines(out / TRAIN_FILE)
+        if eval_ids:
+            writers["eval"] = _AtomicLines(out / EVAL_FILE)
+            writers["test_cache"] = _AtomicLines(out / TEST_CACHE_FILE)
+    try:
+        for pid, g in groups.items():
+            if on_prompt is not None:
+                on_prompt()
+            valid = g.valid()
+            if len(valid) < 2:
+                rep.prompts_too_few_models += 1
+                continue
+            side = "eval" if pid in eval_ids else "train"
+            candidates = [m for m in pool.ids if m in valid]
+            rng = prompt_rng(cfg.seed, pid)
+            seen: set[frozenset[str]] = set()
+            any_pair = False
+            for _ in range(cfg.subsets_per_prompt):
+                offered: list[str] = []
+                for _attempt in range(10):  # distinct subsets
+                    offered = sample_offered(candidates, pool, cfg, rng)
+                    if frozenset(offered) not in seen:
+                        break
+                if frozenset(offered) in seen:
+                    break  # no new subset to draw (e.g. the full pool)
+                seen.add(frozenset(offered))
+                rep.router_prompts += 1
+                sizes[str(len(offered))] += 1
+                outcome = {m: valid[m] for m in offered}
+                rewards = offered_rewards(outcome, cfg.reward)
+                costs = {m: c for m, (_, c) in outcome.items()}
+                pairs = make_pairs(rewards, costs, cfg.strategy, cfg.margin, cfg.max_pairs_per_prompt, rng)
+                if not pairs:
+                    no_pair["all_wrong" if not any(ok for ok, _ in outcome.values()) else "tie"] += 1
+                    continue
+                specs = pool.subset(offered)
+                if tokenizer is not None:
+                    try:
+                        n_tok = len(encode_prompt(tokenizer, build_router_prompt(g.text, specs), cfg.max_prompt_tokens))
+                    except PromptTooLongError as e:
+                        msg = f"prompt {pid!r} with {len(offered)} offered models: {e}"
+                        if cfg.strict:
+                            raise PairsInputError(msg) from None
+                        no_pair["prompt_too_long"] += 1
+                        if len(rep.skipped_examples) < MAX_EXAMPLES:
+                            rep.skipped_examples.append(msg)
+                        continue
+                    lengths.append(n_tok)
+                any_pair = True
+                rep.router_prompts_with_pairs += 1
+                best_c[min(rewards, key=lambda m: (-rewards[m], costs[m], m))] += 1
+                for a, b in pairs:
+                    chosen_c[a] += 1
+                    rejected_c[b] += 1
+                    cost_sums[0] += costs[a]
+                    cost_sums[1] += costs[b]
+                    if outcome[b][0]:
+                        rep.pairs_both_correct += 1
+                        rejected_cc[b] += 1
+                    else:
+                        rep.pairs_correct_vs_wrong += 1
+                    if side == "eval":
+                        rep.pairs_eval += 1
+                    else:
+                        rep.pairs_train += 1
+                    if side in writers:
+                        row = dpo_example(
+                            g.text, specs, a, b,
+                            prompt_id=pid, dataset=g.dataset,
+                            reward_chosen=round(rewards[a], 8), reward_rejected=round(rewards[b], 8),
+                            cost_chosen=costs[a], cost_rejected=costs[b],
+                        )
+                        writers[side].write(json.dumps(row, ensure_ascii=False))
+            if any_pair:
+                rep.prompts_with_pairs += 1
+        if "test_cache" in writers:
+            keep = {o.lineno for pid in eval_ids for o in groups[pid].outcomes.values()}
+            with cache_path.open("r", encoding="utf-8") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    if lineno in keep:
+                        writers["test_cache"].write(raw)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.commit()
+        rep.outputs[w.path.name] = str(w.path)
+
+    rep.no_pair = dict(no_pair)
+    if rep.pairs_total:
+        rep.mean_cost_chosen_per_1k = round(1000 * cost_sums[0] / rep.pairs_total, 6)
+        rep.mean_cost_rejected_per_1k = round(1000 * cost_sums[1] / rep.pairs_total, 6)
+    rep.chosen_models = dict(chosen_c.most_common())
+    rep.rejected_models = dict(rejected_c.most_common())
+    rep.rejected_models_both_correct = dict(rejected_cc.most_common())
+    rep.best_models = dict(best_c.most_common())
+    rep.offered_sizes = {k: sizes[k] for k in sorted(sizes, key=int)}
+    if tokenizer is not None:
+        rep.prompt_tokens = length_stats(lengths)
+    if out_dir is not None:
+        p = Path(out_dir) / REPORT_FILE
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+        rep.outputs[REPORT_FILE] = str(p)
+    return rep
+
+
+def print_report(rep: PairsReport, console: Any = None) -> None:
+    """The short stats report, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"DPO pairs from {rep.cache}", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [
+        ("cache lines with a record", rep.lines_with_records),
+        ("records used", rep.records_used),
+        ("errored calls (left out, not scored)", rep.errored_calls_left_out),
+        ("errors replaced by a successful retry", rep.retried_errors_replaced),
+        ("lines skipped", sum(rep.skipped_lines.values())),
+        *[(f"  skipped: {k}", v) for k, v in sorted(rep.skipped_lines.items())],
+        ("torn last line dropped", "yes" if rep.torn_last_line else "no"),
+        ("prompts read", rep.prompts_read),
+        ("  train / eval prompts", f"{rep.prompts_train} / {rep.prompts_eval}"),
+        ("  prompts with < 2 valid answers", rep.prompts_too_few_models),
+        ("  prompts with pairs", rep.prompts_with_pairs),
+        ("router prompts (prompt x offered subset)", rep.router_prompts),
+        ("  with pairs", rep.router_prompts_with_pairs),
+        *[(f"  no pair: {k}", v) for k, v in sorted(rep.no_pair.items())],
+        (f"pairs ({rep.config.get('strategy')})", rep.pairs_total),
+        ("  train / eval", f"{rep.pairs_train} / {rep.pairs_eval}"),
+        ("  correct vs wrong / both correct (cost)", f"{rep.pairs_correct_vs_wrong} / {rep.pairs_both_correct}"),
+        ("mean $ per 1k queries: chosen / rejected",
+         f"{rep.mean_cost_chosen_per_1k:.3f} / {rep.mean_cost_rejected_per_1k:.3f}"),
+        ("offered-set sizes", ", ".join(f"{k}:{v}" for k, v in rep.offered_sizes.items())),
+    ]
+    if rep.prompt_tokens is not None:
+        pt = rep.prompt_tokens
+        rows.append((f"prompt tokens ({rep.tokenizer}) p50/p95/max", f"{pt['p50']} / {pt['p95']} / {pt['max']}"))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)
+    m = Table(title="models (pair-weighted chosen / rejected; best = highest reward per router prompt)")
+    for col in ("model", "chosen", "rejected", "best"):
+        m.add_column(col, justify="left" if col == "model" else "right")
+    names = sorted(set(rep.chosen_models) | set(rep.rejected_models), key=lambda n: -rep.chosen_models.get(n, 0))
+    for n in names:
+        m.add_row(n, str(rep.chosen_models.get(n, 0)), str(rep.rejected_models.get(n, 0)), str(rep.best_models.get(n, 0)))
+    console.print(m)
+    for ex in rep.skipped_examples[:5]:
+        console.print(f"[yellow]skipped:[/yellow] {ex}")
+    for name, path in rep.outputs.items():
+        console.print(f"wrote {path}")
