@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from xrouter_lite.pairs import PairsConfig, run_pairs  # noqa: E402
 from xrouter_lite.pool import load_pool  # noqa: E402
+from xrouter_lite.reward import RewardConfig  # noqa: E402
 
 DEFAULT_GRID = {
     "usd": [0.1, 10.0, 100.0],
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--subset-mode", default="full", help="full (isolates lambda), uniform or per-tier")
     ap.add_argument("--margin", type=float, default=0.01)
     ap.add_argument("--cost-max", type=float, default=0.5)
-    ap.add_argument("--max-pairs-per-prompt", type=int, default=0, help="0: no cap")
+    ap.add_argument("--max-pairs-per-prompt", type=int, default=8, help="cap per router prompt; 0: no cap")
     args = ap.parse_args()
 
     pool = load_pool(args.pool)
@@ -58,23 +59,21 @@ def main() -> None:
         s = import_routerbench(csvs, cache, pool_path=args.pool)
         print(f"imported {s.rows_imported} RouterBench questions ({s.records_written} records) into {cache}")
 
-    base = dict(
-        strategy=args.strategy, subset_mode=args.subset_mode, margin=args.margin, cost_max=args.cost_max,
-        max_pairs_per_prompt=args.max_pairs_per_prompt or None, seed=0,
-    )
+    cap = args.max_pairs_per_prompt or None
+    base = dict(strategy=args.strategy, subset_mode=args.subset_mode, margin=args.margin, max_pairs_per_prompt=cap, seed=0)
     rows = []
     best = None
     t0 = time.perf_counter()
     for unit, lams in DEFAULT_GRID.items():
         for lam in lams:
-            cfg = PairsConfig.from_dict(None, cost_unit=unit, lam=lam, **base)
+            cfg = PairsConfig(reward=RewardConfig(lam=lam, cost_max=args.cost_max, cost_unit=unit), **base)
             rep = run_pairs(cache, pool, cfg)
             rows.append((unit, lam, rep))
             if unit == "normalized" and lam == 0.1:
                 best = rep.best_models
     dt = time.perf_counter() - t0
     print(f"\nstrategy={args.strategy} subset_mode={args.subset_mode} margin={args.margin} cost_max={args.cost_max} "
-          f"cap={args.max_pairs_per_prompt or 'none'}; {len(rows)} runs in {dt:.1f} s\n")
+          f"cap={cap or 'none'}; {len(rows)} runs in {dt:.1f} s\n")
     hdr = f"{'unit':<11} {'lambda':>7} {'pairs':>6} {'both-correct':>12} {'no-pair prompts (wrong/tie)':>28} " \
           f"{'$/1k chosen':>11} {'$/1k rejected':>13} {'cost pairs vs premium':>21}"
     print(hdr)
