@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,8 +131,9 @@ def _pretty(e: ValidationError) -> str:
 # ---- reading the cache --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
+    """One model's answer to one prompt, as little as the pairs need (a small tuple: caches of 100k+ prompts fit)."""
+
     correct: bool | None  # None: the call errored
     cost: float
     lineno: int

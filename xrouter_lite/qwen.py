@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 from .assets import models_dir, qwen_vocab_path
@@ -128,13 +130,18 @@ def qwen_tokenizer(cache_dir: str | None = None):
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
     tok = build_qwen_tokenizer(vocab)
-    tmp = out.with_name(out.name + ".tmp")
+    # written beside the target under a per-process name, then renamed: concurrent builders never see half a folder
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(tmp))
-    (tmp / "xrouter_build.json").write_text(json.dumps(stamp), encoding="utf-8")
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tok.save_pretrained(str(tmp))
+        (tmp / "xrouter_build.json").write_text(json.dumps(stamp), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:
+            pass  # another process put its (identical) build in place first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
