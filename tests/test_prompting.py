@@ -197,6 +197,19 @@ def test_qwen_native_tools_path_equals_the_fallback_text(qwen_tok, smol_tokenize
     assert "# Tools" in native and "« vite »" in native
 
 
+def test_qwen_chat_template_is_qwen25_verbatim(qwen_tok):
+    """TRL keeps Qwen2.5-Instruct's original template (checked weekly against the Hub) for identity comparison:
+    ours is byte-identical, so TRL also recognises the tokenizer as Qwen2.5."""
+    from pathlib import Path
+
+    import trl
+
+    ref = Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja"
+    if not ref.exists():
+        pytest.skip("this TRL version ships no qwen2_5.jinja")
+    assert qwen_tok.chat_template == ref.read_text(encoding="utf-8")
+
+
 def test_qwen_prompt_and_action_round_trip(qwen_tok, pool_rb):
     p = build_router_prompt("Which planet is largest?", list(pool_rb))
     prompt_ids = encode_prompt(qwen_tok, p)

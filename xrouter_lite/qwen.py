@@ -9,7 +9,9 @@ How it is built: the byte-level BPE comes from Qwen2.5's ``qwen.tiktoken`` ranks
 151,643 entries) through ``transformers``' ``TikTokenConverter``, with Qwen2's pre-tokenizer regex (single digits:
 ``\\p{N}``, unlike tiktoken's cl100k ``\\p{N}{1,3}``), NFC normalisation, byte-level decoding and Qwen2.5's 22
 added tokens (ids 151643..151664; ``<tool_call>``/``</tool_call>`` are not special). The chat template is
-Qwen2.5-Instruct's, with its native ``tools=`` support (``xrouter_lite/assets/qwen2_5_chat_template.jinja``).
+Qwen2.5-Instruct's, with its native ``tools=`` support (``xrouter_lite/assets/qwen2_5_chat_template.jinja``,
+byte-identical to the original Qwen2.5 template that TRL keeps in ``trl/chat_templates/qwen2_5.jinja``, so TRL
+recognises the tokenizer as Qwen2.5).
 
 The first call builds the merges (a few seconds) and saves the tokenizer under ``models/qwen2.5-tokenizer/``;
 later calls reload it from there (well under a second) and keep it in memory for the process.
