@@ -328,7 +328,7 @@ def _bad_cache(tmp_path: Path) -> Path:
     lines = [
         _rec("p1", A, True, 0.0001),                      # 1
         _rec("p1", B, True, 0.005),                       # 2
-        _rec("p1", B, False, 0.005),                      # 3 duplicate
+        _rec("p1", B, False, 0.005),                      # 3 duplicate: the last answer (wrong) is kept
         '{"prompt_id": "p1", "model_name": "x"}',         # 4 missing fields
         _rec("p1", C, True, float("nan")),                # 5 NaN cost (json.dumps writes NaN)
         _rec("p2", A, True, -0.001),                      # 6 negative cost
@@ -363,7 +363,7 @@ def test_bad_input_is_skipped_and_counted_with_line_numbers(tmp_path, pool_rb):
     assert rep.errored_calls_left_out == 1 and rep.retried_errors_replaced == 1
     assert rep.prompts_read == 4 and rep.prompts_too_few_models == 1
     assert rep.no_pair == {"all_wrong": 1}
-    # p1: mistral (cheap, correct) beats gpt-4 (correct, 50x the price); p2: the retried mistral beats a wrong gpt-4
+    # p1: mistral (correct) beats gpt-4 (wrong: line 3 replaced line 2); p2: the retried mistral beats a wrong gpt-4
     rows = rows_of(tmp_path / "o" / TRAIN_FILE) + rows_of(tmp_path / "o" / EVAL_FILE)
     assert sorted((r["prompt_id"], r["chosen_model"], r["rejected_model"]) for r in rows) == [
         ("p1", "mistralai/mistral-7b-chat", "gpt-4-1106-preview"),
@@ -372,6 +372,10 @@ def test_bad_input_is_skipped_and_counted_with_line_numbers(tmp_path, pool_rb):
     # the held-out prompts' lines are the kept ones (the retry, not the error; not the skipped lines)
     held = [json.loads(line) for line in (tmp_path / "o" / TEST_CACHE_FILE).read_text().splitlines()]
     assert len({h["prompt_id"] for h in held}) == 2
+    groups = load_groups(cache, pool_rb)
+    assert groups["p1"].outcomes["gpt-4-1106-preview"] == (False, 0.005, 3)  # the last of two answers
+    assert groups["p2"].outcomes["mistralai/mistral-7b-chat"] == (True, 0.0002, 11)  # the retry, not the error
+    assert groups["p3"].outcomes["mistralai/mistral-7b-chat"].correct is None  # errored: left out of the rewards
     assert all(h["cost"] >= 0 and h["model_name"] != "gpt-99" for h in held)
 
 

@@ -27,8 +27,9 @@ Everything random is seeded per prompt id, so the output does not depend on the 
 
 Bad input (missing fields, duplicate (prompt_id, model_name), NaN/negative cost, a model not in the pool, a null
 ``is_correct`` without an error, one prompt id with two different prompt texts) is reported with file and line:
-``strict`` stops at the first, the default skips the line and counts it by reason. An errored record followed by
-a successful retry of the same (prompt, model) is not a duplicate: the answer replaces the error.
+``strict`` stops at the first, the default skips the line and counts it by reason (of two answers to one
+(prompt, model), the last is kept and the earlier one counted, as ``cache.latest_records`` reads them). An errored
+record followed by a successful retry of the same (prompt, model) is not a duplicate: the answer replaces the error.
 """
 
 from __future__ import annotations
@@ -204,12 +205,15 @@ def load_groups(path: str | Path, pool: Pool, *, strict: bool = False, stats: In
                 if old.correct is None and new.correct is not None:  # a successful retry of an errored call
                     stats.retried_errors_replaced += 1
                     stats.errored_calls -= 1
-                elif new.correct is None:  # an error after an answer/earlier error: nothing new
-                    continue
-                else:
+                elif new.correct is None:
+                    if old.correct is None:  # a newer error for a still-unanswered pair: keep the newest
+                        g.outcomes[rec.model_name] = new
+                    continue  # an error after an answer changes nothing
+                else:  # two answers: bad input; like cache.latest_records, the last one is kept
                     _skip(stats, strict, "duplicate",
-                          f"{where}: duplicate (prompt_id, model_name) = ({rec.prompt_id!r}, {rec.model_name!r}); "
-                          f"first seen on line {old.lineno}")
+                          f"{where}: duplicate (prompt_id, model_name) = ({rec.prompt_id!r}, {rec.model_name!r}), "
+                          f"also on line {old.lineno}; the last answer is kept")
+                    g.outcomes[rec.model_name] = new
                     continue
             if new.correct is None:
                 stats.errored_calls += 1
