@@ -82,8 +82,9 @@ def records(path) -> list[CacheRecord]:
     return [r for _, r in iter_records(path)]
 
 
-def test_forced_traversal_writes_every_pair_graded_and_priced(fresh, env):
-    cfg = cfg_for(env)
+@pytest.mark.parametrize("transport", ["auto", "litellm"])
+def test_forced_traversal_writes_every_pair_graded_and_priced(fresh, env, transport):
+    cfg = cfg_for(env, transport=transport)
     s = run_cache(cfg, progress=False)
     recs = records(cfg.out)
     assert len(recs) == len(REFS) * len(MODELS) == s.ok
@@ -108,17 +109,19 @@ def test_models_subset_and_limit(fresh, env):
         run_cache(cfg_for(env, models=["nope"]), progress=False)
 
 
-def test_transient_errors_are_retried_within_the_run(fresh, env):
+@pytest.mark.parametrize("transport", ["auto", "litellm"])
+def test_transient_errors_are_retried_within_the_run(fresh, env, transport):
     fresh.control(script={"fa": ["429:0.3", "500", "drop", "ok"], "fb": ["503", "ok"]})
-    cfg = cfg_for(env, concurrency=1)
+    cfg = cfg_for(env, concurrency=1, transport=transport)
     s = run_cache(cfg, progress=False)
     assert s.ok == 12 and s.errors == 0
     assert fresh.stats()["by_model"] == {"fa": 7, "fb": 5, "fc": 4}
 
 
-def test_permanent_errors_and_hangs_are_recorded_then_retried_on_resume(fresh, env):
+@pytest.mark.parametrize("transport", ["auto", "litellm"])
+def test_permanent_errors_and_hangs_are_recorded_then_retried_on_resume(fresh, env, transport):
     fresh.control(script={"fa": ["400"], "fb": ["401"], "fc": ["hang"]})
-    cfg = cfg_for(env, concurrency=1, timeout_s=0.5, max_retries=0)
+    cfg = cfg_for(env, concurrency=1, timeout_s=0.5, max_retries=0, transport=transport)
     s1 = run_cache(cfg, progress=False)
     assert s1.errors == 3 and s1.ok == 9
     errs = {r.model_name: r for r in records(cfg.out) if r.error}

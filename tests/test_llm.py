@@ -13,6 +13,7 @@ from xrouter_lite.llm import (
     LLMCallError,
     RetryPolicy,
     acall_model,
+    aclose,
     build_request_params,
     call_model,
     classify_exception,
@@ -30,6 +31,12 @@ def up():
         yield u
 
 
+@pytest.fixture(params=["litellm", "direct"])
+def tr(request):
+    """Every behaviour is checked on both transports: litellm, and the direct POST for OpenAI-compatible servers."""
+    return request.param
+
+
 @pytest.fixture()
 def fresh(up):
     up.control(script={n: [] for n in ("fa", "fb", "fr")}, answers={"*": "#### 42", "fa": "#### 42", "fb": "#### 42", "fr": "#### 42"}, usage=None, latency_s=0.0,
@@ -44,10 +51,10 @@ def spec(up, name="fa", **kw) -> ModelSpec:
     return ModelSpec(**base)
 
 
-def test_answer_and_cost_from_pool_prices_times_usage(fresh):
+def test_answer_and_cost_from_pool_prices_times_usage(fresh, tr):
     fresh.control(answers={"fa": "6 x 7 = 42\n#### 42"}, usage={"prompt_tokens": 1000, "completion_tokens": 500})
     s = spec(fresh, input_price=3.0, output_price=15.0)
-    text, meta = call_model("fa", MSG, {"max_tokens": 64, "temperature": 0.0}, pool=Pool([s]))
+    text, meta = call_model("fa", MSG, {"max_tokens": 64, "temperature": 0.0}, pool=Pool([s]), transport=tr)
     assert text == "6 x 7 = 42\n#### 42"
     assert (meta.input_tokens, meta.output_tokens) == (1000, 500)
     assert meta.cost == pytest.approx(1000 / 1e6 * 3.0 + 500 / 1e6 * 15.0)
@@ -55,63 +62,63 @@ def test_answer_and_cost_from_pool_prices_times_usage(fresh):
     assert meta.latency_s > 0 and not meta.usage_estimated
 
 
-def test_429_with_retry_after_is_waited_then_retried(fresh):
+def test_429_with_retry_after_is_waited_then_retried(fresh, tr):
     fresh.control(script={"fa": ["429:1", "ok"]})
     t0 = time.perf_counter()
-    text, meta = call_model(spec(fresh), MSG, retry_policy=FAST)
+    text, meta = call_model(spec(fresh), MSG, retry_policy=FAST, transport=tr)
     assert time.perf_counter() - t0 >= 0.95  # the Retry-After of 1 s was honoured (backoff alone is 0.02 s)
     assert text == "#### 42" and meta.attempts == 2
     assert fresh.stats()["by_model"]["fa"] == 2
 
 
-def test_retry_after_is_capped(fresh):
+def test_retry_after_is_capped(fresh, tr):
     fresh.control(script={"fa": ["429:30", "ok"]})
     t0 = time.perf_counter()
-    _, meta = call_model(spec(fresh), MSG, retry_policy=RetryPolicy(max_retries=2, retry_after_cap_s=0.2))
+    _, meta = call_model(spec(fresh), MSG, retry_policy=RetryPolicy(max_retries=2, retry_after_cap_s=0.2), transport=tr)
     assert meta.attempts == 2 and time.perf_counter() - t0 < 5
 
 
-def test_5xx_and_dropped_connection_are_retried(fresh):
+def test_5xx_and_dropped_connection_are_retried(fresh, tr):
     fresh.control(script={"fa": ["500", "503", "drop", "ok"]})
-    text, meta = call_model(spec(fresh), MSG, retry_policy=FAST)
+    text, meta = call_model(spec(fresh), MSG, retry_policy=FAST, transport=tr)
     assert text == "#### 42" and meta.attempts == 4
 
 
-def test_retries_exhausted_raise_retryable_error(fresh):
+def test_retries_exhausted_raise_retryable_error(fresh, tr):
     fresh.control(script={"fa": ["500"] * 5})
     with pytest.raises(LLMCallError) as ei:
-        call_model(spec(fresh), MSG, retry_policy=RetryPolicy(max_retries=2, base_delay_s=0.01))
+        call_model(spec(fresh), MSG, retry_policy=RetryPolicy(max_retries=2, base_delay_s=0.01), transport=tr)
     e = ei.value
     assert e.retryable and e.status == 500 and e.attempts == 3
     assert fresh.stats()["by_model"]["fa"] == 3
 
 
 @pytest.mark.parametrize("step,status", [("400", 400), ("401", 401)])
-def test_bad_request_and_auth_are_not_retried(fresh, step, status):
+def test_bad_request_and_auth_are_not_retried(fresh, step, status, tr):
     fresh.control(script={"fa": [step, "ok"]})
     with pytest.raises(LLMCallError) as ei:
-        call_model(spec(fresh), MSG, retry_policy=FAST)
+        call_model(spec(fresh), MSG, retry_policy=FAST, transport=tr)
     assert ei.value.status == status and not ei.value.retryable and ei.value.attempts == 1
     assert fresh.stats()["by_model"]["fa"] == 1  # exactly one request reached the provider
 
 
-def test_hang_hits_the_time_out(fresh):
+def test_hang_hits_the_time_out(fresh, tr):
     fresh.control(script={"fa": ["hang"]})
     t0 = time.perf_counter()
     with pytest.raises(LLMCallError) as ei:
-        call_model(spec(fresh), MSG, timeout_s=0.5, max_retries=0)
+        call_model(spec(fresh), MSG, timeout_s=0.5, max_retries=0, transport=tr)
     assert time.perf_counter() - t0 < 4
     assert ei.value.retryable and ei.value.status == 408
 
 
-def test_keys_come_from_env_and_never_show(fresh, monkeypatch, capfd):
+def test_keys_come_from_env_and_never_show(fresh, monkeypatch, capfd, tr):
     secret = "sk-test-SECRETKEY-0123456789abcdef"
     monkeypatch.setenv("XRL_TEST_KEY", secret)
     s = spec(fresh, api_key_env="XRL_TEST_KEY")
-    assert call_model(s, MSG)[0] == "#### 42"
+    assert call_model(s, MSG, transport=tr)[0] == "#### 42"
     fresh.control(script={"fa": ["401"]})
     with pytest.raises(LLMCallError) as ei:
-        call_model(s, MSG, retry_policy=FAST)
+        call_model(s, MSG, retry_policy=FAST, transport=tr)
     assert secret not in str(ei.value)
     out = capfd.readouterr()
     assert secret not in out.out and secret not in out.err
@@ -152,17 +159,33 @@ def test_other_models_keep_params_with_max_tokens_clipped(fresh):
         build_request_params(s, {"temprature": 0.3})
 
 
-def test_async_calls_run_concurrently(fresh):
+def test_async_calls_run_concurrently(fresh, tr):
     fresh.control(latency_s=0.3)
     s = spec(fresh)
 
     async def many():
-        return await asyncio.gather(*[acall_model(s, MSG) for _ in range(20)])
+        try:
+            return await asyncio.gather(*[acall_model(s, MSG, transport=tr) for _ in range(20)])
+        finally:
+            await aclose()
 
     t0 = time.perf_counter()
     res = asyncio.run(many())
     assert len(res) == 20 and all(t == "#### 42" for t, _ in res)
     assert time.perf_counter() - t0 < 3.0  # 20 x 0.3 s would be 6 s one after another
+
+
+def test_transport_choice():
+    from xrouter_lite.llm import uses_direct_transport
+
+    local = ModelSpec(id="l", litellm_model="openai/l", api_base="http://127.0.0.1:1/v1", input_price=0,
+                      output_price=0, context_window=10, max_output_tokens=10)
+    hosted = ModelSpec(id="h", litellm_model="gpt-4o-mini", input_price=0, output_price=0, context_window=10,
+                       max_output_tokens=10)
+    assert uses_direct_transport(local) and not uses_direct_transport(local, "litellm")
+    assert not uses_direct_transport(hosted)  # every real provider goes through litellm
+    with pytest.raises(ValueError, match="direct transport needs"):
+        uses_direct_transport(hosted, "direct")
 
 
 def test_classification_table():

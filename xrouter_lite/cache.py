@@ -18,8 +18,9 @@ The file (``records.CacheRecord`` lines, appended with ``records.RecordWriter``)
   records with ``error is None`` gets exactly one record per answered pair, too. ``compact_cache(path)`` rewrites
   the file to one line per pair (atomically) for those who want a clean file.
 - A kill -9 can tear the last line; it is dropped and reported (``records``), and that pair is redone.
-- Lines are flushed one by one (a killed process loses nothing it wrote) and fsync'ed every ``FSYNC_EVERY`` lines
-  and on exit (what a power cut may lose is re-done by the next run).
+- Lines are flushed one by one (a killed process loses nothing it wrote) and fsync'ed every ``FSYNC_INTERVAL_S``
+  seconds (in a thread, so the event loop never stalls) and on exit; what a power cut may lose is redone by the
+  next run.
 
 Money: ``budget_usd`` is a hard cap. Before a call is scheduled, its worst-case cost is reserved: an upper bound of
 its prompt tokens (UTF-8 bytes + template overhead; a byte-level BPE token is at least one byte) plus its full
@@ -69,10 +70,10 @@ __all__ = [
     "print_summary",
     "RateLimiter",
     "BudgetGuard",
-    "FSYNC_EVERY",
+    "FSYNC_INTERVAL_S",
 ]
 
-FSYNC_EVERY = 64
+FSYNC_INTERVAL_S = 2.0
 
 
 # ---- configuration -----------------------------------------------------------------------------------------------
@@ -102,6 +103,8 @@ class CacheConfig(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
+    transport: Literal["auto", "litellm", "direct"] = Field(
+        "auto", description="auto: a direct HTTP POST for openai/<name> models with an api_base, litellm otherwise")
     retry_base_delay_s: float = Field(0.5, ge=0, description="first back-off; doubles per retry (with jitter)")
     retry_after_cap_s: float = Field(60.0, ge=0, description="longest Retry-After honoured")
     system_prompt: str | None = None
@@ -494,11 +497,17 @@ async def arun_cache(
     from rich.console import Console
 
     from .grading import is_correct
-    from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper
+    from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
+    from .llm import aclose as aclose_http
 
     console = console or Console(stderr=True)
     pool = pool or load_pool(cfg.pool)
     specs = _select_models(cfg, pool)
+    for s in specs:
+        try:
+            uses_direct_transport(s, cfg.transport)
+        except ValueError as e:
+            raise CacheConfigError(f"transport: {e}") from None
     out = Path(cfg.out)
     t_start = time.perf_counter()
     summary = CacheSummary(out=str(out), budget_usd=cfg.budget_usd)
@@ -535,8 +544,16 @@ async def arun_cache(
     scheduled = 0
     done = 0
 
-    writer = RecordWriter(out, fsync_every=FSYNC_EVERY)
+    writer = RecordWriter(out, fsync_every=1 << 60)  # flushed per line; fsync'ed below, off the event loop
     prog = _Progress(console, summary.planned, progress)
+    sync_fd = os.open(out, os.O_RDONLY)
+
+    async def fsync_periodically() -> None:
+        # an fsync takes milliseconds and would stall every in-flight call if done on the event loop
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FSYNC_INTERVAL_S)
+            await loop.run_in_executor(None, os.fsync, sync_fd)
 
     async def produce() -> None:
         nonlocal scheduled
@@ -574,6 +591,7 @@ async def arun_cache(
                     text, meta = await acall_model(
                         s, msgs, sampling, timeout_s=cfg.timeout_s, retry_policy=policy,
                         before_attempt=lim.acquire if lim else None, reasoning_min_tokens=cfg.reasoning_max_tokens,
+                        transport=cfg.transport,
                     )
                 except LLMCallError as e:
                     rec = _record(q, s, error=str(e))
@@ -606,6 +624,7 @@ async def arun_cache(
     producer = asyncio.ensure_future(produce())
     workers = [asyncio.ensure_future(work()) for _ in range(cfg.concurrency)]
     stopper = asyncio.ensure_future(stop_event.wait())
+    syncer = asyncio.ensure_future(fsync_periodically())
     failure: BaseException | None = None
     cancelled = False
     try:
@@ -627,8 +646,11 @@ async def arun_cache(
             for f in (producer, *workers):
                 f.cancel()
         stopper.cancel()
-        await asyncio.gather(producer, *workers, stopper, return_exceptions=True)
-        writer.close()
+        syncer.cancel()
+        await asyncio.gather(producer, *workers, stopper, syncer, return_exceptions=True)
+        writer.close()  # flush + fsync
+        os.close(sync_fd)
+        await aclose_http()
         if stop_event.is_set():
             summary.stopped = "interrupted"
         summary.spent_usd = budget.spent

@@ -55,6 +55,7 @@ def cache_cmd(
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.001, help="Seconds per attempt before it counts as failed (default: 120)."),
     max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="Retries of 429/5xx/time-outs/dropped connections per call (default: 4)."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message sent before every question (default: none)."),
+    transport: Optional[str] = typer.Option(None, "--transport", help="auto (default: direct HTTP for openai/<name> models with an api_base, litellm for the rest), litellm or direct."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost per model and call nothing."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_summary: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the run summary as JSON here."),
@@ -80,7 +81,7 @@ def cache_cmd(
             models=[m.strip() for m in models.split(",") if m.strip()] if models else None, limit=limit,
             concurrency=concurrency, rate_limit_rpm=rate_limit_rpm, budget_usd=budget_usd, max_tokens=max_tokens,
             reasoning_max_tokens=reasoning_max_tokens, temperature=temperature, timeout_s=timeout,
-            max_retries=max_retries, system_prompt=system_prompt, dry_run=dry_run or None,
+            max_retries=max_retries, system_prompt=system_prompt, transport=transport, dry_run=dry_run or None,
         )
         if cfg.dry_run:
             print_estimate(estimate_cache_cost(cfg), Console(), cfg)

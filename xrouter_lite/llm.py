@@ -25,25 +25,36 @@
   in this process: loaded once, greedy decoding with the model's chat template, token counts from its
   tokenizer, cost from the pool's prices (usually 0).
 
-litellm's per-call CPU overhead is reduced once per process by ``configure_litellm()`` (logging off, the pool's
-prices registered for models litellm does not know so its own cost lookup takes the fast path); see
-docs/BENCHMARKS.md "Stage 1" for the measured overhead.
+Transports: every provider goes through ``litellm.acompletion``, except OpenAI-compatible endpoints of the user's
+choosing (``litellm_model: openai/<name>`` with an ``api_base``: vLLM, Ollama's /v1, llama.cpp, LM Studio, the fake
+upstream), which by default (``transport="auto"``) take a direct POST to ``<api_base>/chat/completions`` through
+one shared aiohttp session per event loop, with the same request rules, retries, errors and cost. Why: litellm
+costs ~3-5 ms of CPU per call here against ~0.3 ms for the direct POST (docs/BENCHMARKS.md "Stage 1"), which caps
+a cache run at a few hundred calls/s per core. ``transport="litellm"`` forces litellm everywhere. Close the
+direct transport's session with ``await llm.aclose()`` before an event loop ends (``call_model`` and the cache
+stage do it).
+
+litellm's own per-call overhead is trimmed once per process by ``configure_litellm()``: quiet logging, message
+redaction off (it deep-copied every request), its success-logging payload skipped while no litellm callback is
+registered, the pool's prices registered for models it does not know (its cost lookup is slow for those).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .pool import ModelSpec, Pool, load_pool
 
@@ -54,6 +65,11 @@ __all__ = [
     "LocalHFModel",
     "call_model",
     "acall_model",
+    "aclose",
+    "is_openai_compatible",
+    "uses_direct_transport",
+    "HTTPStatusError",
+    "TRANSPORTS",
     "build_request_params",
     "max_output_budget",
     "estimate_prompt_tokens_upper",
@@ -164,7 +180,8 @@ def configure_litellm():
 
         litellm.suppress_debug_info = True  # no "Give Feedback" banners
         litellm.set_verbose = False
-        litellm.turn_off_message_logging = True
+        # (turn_off_message_logging stays off: with no callback nothing is logged anyway, and when on, litellm
+        # deep-copies every request and response to redact them: ~0.5 ms of CPU per call measured here)
         litellm.logging = False
         litellm.telemetry = False
         litellm.drop_params = True  # a knob a provider does not take is dropped rather than failing the call
@@ -172,8 +189,43 @@ def configure_litellm():
             lg = logging.getLogger(name)
             lg.setLevel(logging.CRITICAL)  # its warnings/errors may echo request details; ours carry the facts
             lg.propagate = False
+        if os.environ.get("XROUTER_LITE_LITELLM_LOGGING", "") not in ("1", "true", "True"):
+            _skip_idle_success_logging(litellm)
         _litellm_mod = litellm
         return litellm
+
+
+_LOGGING_CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "failure_callback",
+                           "_async_failure_callback", "input_callback", "service_callback")
+
+
+def _skip_idle_success_logging(litellm) -> None:
+    """After every successful call litellm queues a coroutine that builds its full "standard logging payload"
+    (cost lookup, metadata, redaction) for its callbacks, even when no callback is registered: ~0.4 ms of CPU per
+    call, measured with bench/cache_throughput.py. When no callback is registered, drop that coroutine unrun.
+    Any registered callback (``litellm.callbacks``, ``success_callback``, ...) brings the normal behaviour back at
+    once; ``XROUTER_LITE_LITELLM_LOGGING=1`` turns this off. Purely an optimisation: on any surprise, no-op."""
+    try:
+        from litellm.litellm_core_utils import logging_worker as lw
+
+        worker = lw.GLOBAL_LOGGING_WORKER
+        original = worker.ensure_initialized_and_enqueue
+    except Exception:
+        return
+    if getattr(original, "_xrouter_lite_patch", False):
+        return
+
+    def enqueue(async_coroutine, *args, **kwargs):
+        name = getattr(async_coroutine, "__qualname__", "") or ""
+        if name.endswith("async_success_handler") and not any(
+            getattr(litellm, n, None) for n in _LOGGING_CALLBACK_LISTS
+        ):
+            async_coroutine.close()
+            return None
+        return original(async_coroutine, *args, **kwargs)
+
+    enqueue._xrouter_lite_patch = True  # type: ignore[attr-defined]
+    worker.ensure_initialized_and_enqueue = enqueue
 
 
 def _load_dotenv_once() -> None:
@@ -420,6 +472,97 @@ async def _one_litellm_attempt(litellm, spec: ModelSpec, messages, params: dict[
     return text, int(in_tok), int(out_tok), finish, estimated
 
 
+class HTTPStatusError(Exception):
+    """A non-200 answer of an OpenAI-compatible endpoint on the direct path (classified like litellm's errors)."""
+
+    def __init__(self, status_code: int, message: str, headers: Any = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = headers
+
+
+Transport = Literal["auto", "litellm", "direct"]
+TRANSPORTS = ("auto", "litellm", "direct")
+
+
+def is_openai_compatible(spec: ModelSpec) -> bool:
+    """``openai/<name>`` with an ``api_base`` of the user's choosing (vLLM, Ollama's /v1, llama.cpp, LM Studio, the
+    fake upstream): plain OpenAI chat-completions protocol, which the direct transport speaks."""
+    return bool(spec.api_base) and spec.litellm_model.startswith("openai/") and not spec.hf_model
+
+
+def uses_direct_transport(spec: ModelSpec, transport: str = "auto") -> bool:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r} (choose from {', '.join(TRANSPORTS)})")
+    if transport == "litellm" or spec.hf_model:
+        return False
+    if transport == "direct" and not is_openai_compatible(spec):
+        raise ValueError(f"model {spec.id!r}: the direct transport needs an `openai/<name>` model with an api_base")
+    return is_openai_compatible(spec)
+
+
+_sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _http_session():
+    """One aiohttp session (keep-alive connection pool) per event loop, for the direct transport."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    sess = _sessions.get(loop)
+    if sess is None or sess.closed:
+        sess = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30), json_serialize=json.dumps
+        )
+        _sessions[loop] = sess
+    return sess
+
+
+async def aclose() -> None:
+    """Close this event loop's HTTP session of the direct transport (call it before the loop ends)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    sess = _sessions.pop(loop, None)
+    if sess is not None and not sess.closed:
+        await sess.close()
+
+
+async def _one_direct_attempt(spec: ModelSpec, messages, params: dict[str, Any], key: str | None,
+                              timeout_s: float) -> tuple[str, int, int, str | None, bool]:
+    """One POST to ``<api_base>/chat/completions`` through the shared aiohttp session."""
+    import aiohttp
+
+    body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages, **params}
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    url = spec.api_base.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
+    async with _http_session().post(url, json=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+        raw = await r.read()
+        if r.status != 200:
+            try:
+                err = json.loads(raw).get("error")
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+            except Exception:
+                msg = raw[:300].decode("utf-8", "replace")
+            raise HTTPStatusError(r.status, f"HTTP {r.status}: {msg}", r.headers)
+    try:
+        data = json.loads(raw)
+        choice = data["choices"][0]
+        text = (choice.get("message") or {}).get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise HTTPStatusError(502, f"the provider returned no usable choice: {raw[:200]!r}") from None
+    usage = data.get("usage") or {}
+    in_tok, out_tok = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    estimated = in_tok is None or out_tok is None
+    if in_tok is None:
+        in_tok = estimate_prompt_tokens_upper(messages) // 4
+    if out_tok is None:
+        out_tok = max(1, len(text) // 4)
+    return text, int(in_tok), int(out_tok), choice.get("finish_reason"), estimated
+
+
 async def acall_model(
     spec_or_id: ModelSpec | str,
     messages: Sequence[dict[str, Any]],
@@ -431,19 +574,24 @@ async def acall_model(
     retry_policy: RetryPolicy | None = None,  # overrides max_retries when given
     before_attempt: Callable[[], Awaitable[None]] | None = None,
     reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS,
+    transport: str = "auto",
 ) -> tuple[str, CallMetadata]:
     """Call one pool model; return ``(text, CallMetadata)`` or raise ``LLMCallError``.
 
     ``before_attempt`` (e.g. a rate limiter's ``acquire``) is awaited before every attempt, retries included.
-    Cancelling the task cancels the HTTP request.
+    Cancelling the task cancels the HTTP request. ``transport``: ``"auto"`` (the direct transport for
+    OpenAI-compatible endpoints, litellm for every other provider), ``"litellm"`` (always litellm) or ``"direct"``.
     """
     spec = _resolve(spec_or_id, pool)
     policy = retry_policy if retry_policy is not None else RetryPolicy(max_retries=max_retries)
     messages = list(messages)
     if spec.hf_model:
         return await asyncio.to_thread(_call_local, spec, messages, sampling_params)
-    litellm = configure_litellm()
-    _register_prices(litellm, spec)
+    direct = uses_direct_transport(spec, transport)
+    litellm = None
+    if not direct:
+        litellm = configure_litellm()
+        _register_prices(litellm, spec)
     params = build_request_params(spec, sampling_params, reasoning_min_tokens)
     key = _api_key(spec)
     secrets = [key] if key and key != PLACEHOLDER_KEY else []
@@ -454,9 +602,14 @@ async def acall_model(
         if before_attempt is not None:
             await before_attempt()
         try:
-            text, in_tok, out_tok, finish, estimated = await _one_litellm_attempt(
-                litellm, spec, messages, params, key, timeout_s
-            )
+            if direct:
+                text, in_tok, out_tok, finish, estimated = await _one_direct_attempt(
+                    spec, messages, params, key, timeout_s
+                )
+            else:
+                text, in_tok, out_tok, finish, estimated = await _one_litellm_attempt(
+                    litellm, spec, messages, params, key, timeout_s
+                )
         except asyncio.CancelledError:
             raise
         except Exception as e:  # classified below; never returned as an answer
@@ -498,6 +651,7 @@ def call_model(
     max_retries: int = DEFAULT_MAX_RETRIES,
     retry_policy: RetryPolicy | None = None,
     reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS,
+    transport: str = "auto",
 ) -> tuple[str, CallMetadata]:
     """Blocking ``acall_model``. Inside a running event loop, use ``await acall_model(...)`` instead."""
     spec = _resolve(spec_or_id, pool)
@@ -506,10 +660,15 @@ def call_model(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(
-            acall_model(spec, messages, sampling_params, timeout_s=timeout_s, max_retries=max_retries,
-                        retry_policy=retry_policy, reasoning_min_tokens=reasoning_min_tokens)
-        )
+        async def once() -> tuple[str, CallMetadata]:
+            try:
+                return await acall_model(spec, messages, sampling_params, timeout_s=timeout_s,
+                                         max_retries=max_retries, retry_policy=retry_policy,
+                                         reasoning_min_tokens=reasoning_min_tokens, transport=transport)
+            finally:
+                await aclose()
+
+        return asyncio.run(once())
     raise RuntimeError("call_model() was called inside a running event loop; use `await acall_model(...)`")
 
 
