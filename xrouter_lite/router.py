@@ -51,3 +51,754 @@ class BaseRouter:
         tau: float | None = None,
     ) -> list[Decision]:
         return [self.route(q, o, tau) for q, o in zip(queries, offered, strict=True)]
+
+
+# =====================================================================================================================
+# Stage 5: the trained router and the baselines. Everything below extends the interface above; nothing above changes.
+# =====================================================================================================================
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .prompting import (
+    DEFAULT_MAX_PROMPT_TOKENS,
+    ActionParseError,
+    PromptTooLongError,
+    build_router_prompt,
+    conversation_to_query,
+    encode_action,
+    encode_prompt,
+    parse_action,
+)
+
+DEFAULT_EXPECTED_OUTPUT_TOKENS = 300
+
+
+@dataclass
+class ScoredDecision(Decision):
+    """A Decision that keeps what it was made from, so another cost knob can re-decide it without the model.
+
+    base_scores: each offered model's score before cost (log-probability of its action for the LoRA router,
+    predicted probability of a correct answer for kNN, training accuracy for best-single).
+    costs: each offered model's normalised cost (see ``normalised_costs``). tau: the knob used.
+    ``scores`` (inherited) holds ``base_scores[m] - tau * costs[m]``, so ``ranked()`` follows the decision rule.
+    """
+
+    base_scores: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+    tau: float = 0.0
+
+    def with_tau(self, tau: float) -> ScoredDecision:
+        """The decision this router makes for the same query under another ``tau`` (no model call)."""
+        if not self.valid:  # a fallback stays a fallback
+            return ScoredDecision(**{**self.__dict__, "tau": tau})
+        model, scores = decide(self.base_scores, self.costs, tau)
+        return ScoredDecision(
+            model_id=model, scores=scores, latency_s=self.latency_s, valid=True, raw=self.raw,
+            base_scores=self.base_scores, costs=self.costs, tau=tau,
+        )
+
+
+def decide(base_scores: Mapping[str, float], costs: Mapping[str, float], tau: float) -> tuple[str, dict[str, float]]:
+    """The cost-aware decision rule: ``argmax_m base_scores[m] - tau * costs[m]``.
+
+    Ties go to the cheaper model, then to the earlier one in ``base_scores``' order. Returns the choice and the
+    adjusted score of every model."""
+    if not base_scores:
+        raise ValueError("no candidate to decide between")
+    tau = float(tau or 0.0)
+    adj = {m: float(s) - tau * float(costs.get(m, 0.0)) for m, s in base_scores.items()}
+    order = {m: i for i, m in enumerate(base_scores)}
+    best = max(adj, key=lambda m: (adj[m], -float(costs.get(m, 0.0)), -order[m]))
+    return best, adj
+
+
+def query_text(query: str | Sequence[dict[str, Any]]) -> str:
+    return query if isinstance(query, str) else conversation_to_query(query)
+
+
+def estimated_query_cost(spec: ModelSpec, query: str, expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS) -> float:
+    """USD for answering ``query`` with ``spec``, from the pool's prices: input tokens estimated as
+    ``len(query) / 4`` (at least 1), output tokens ``expected_output_tokens``."""
+    return spec.cost(max(1, len(query) // 4), expected_output_tokens)
+
+
+def normalised_costs(
+    query: str | Sequence[dict[str, Any]],
+    offered: Sequence[ModelSpec],
+    cost_per_query: Mapping[str, float] | None = None,
+    expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+) -> dict[str, float]:
+    """The cost ``c`` used by every cost knob ``tau`` in this module, in [0, 1].
+
+    Each offered model's expected cost of this query, divided by the largest among the offered models (so the
+    most expensive offered model has c = 1 and ``tau`` has the same scale whatever the currency or the pool).
+    The expected cost is ``cost_per_query[m]`` when given (the evaluation uses the mean recorded cost per query
+    on the training cache), else the pool-price estimate ``estimated_query_cost``."""
+    text = query_text(query)
+    raw = {}
+    for s in offered:
+        if cost_per_query is not None and s.id in cost_per_query:
+            raw[s.id] = float(cost_per_query[s.id])
+        else:
+            raw[s.id] = estimated_query_cost(s, text, expected_output_tokens)
+    top = max(raw.values()) if raw else 0.0
+    return {m: (c / top if top > 0 else 0.0) for m, c in raw.items()}
+
+
+@dataclass
+class RouteItem:
+    """A query plus what an evaluation knows about it (the oracle and best-single baselines need the id and
+    the dataset; the other routers read only ``query``)."""
+
+    query: str | Sequence[dict[str, Any]]
+    prompt_id: str | None = None
+    dataset: str | None = None
+
+
+class CostAwareRouter(BaseRouter):
+    """Shared plumbing of the routers below: the cost vector, the default model, ``route_items``."""
+
+    def __init__(
+        self,
+        *,
+        tau: float = 0.0,
+        cost_per_query: Mapping[str, float] | None = None,
+        expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+        default_model: str | None = None,
+    ):
+        self.tau = float(tau)
+        self.cost_per_query = dict(cost_per_query) if cost_per_query else None
+        self.expected_output_tokens = expected_output_tokens
+        self.default_model = default_model
+        self.invalid_count = 0
+
+    def costs_for(self, query, offered: Sequence[ModelSpec]) -> dict[str, float]:
+        return normalised_costs(query, offered, self.cost_per_query, self.expected_output_tokens)
+
+    def fallback_model(self, offered: Sequence[ModelSpec], costs: Mapping[str, float]) -> str:
+        """The configured default model when it is offered, else the cheapest offered model."""
+        ids = [s.id for s in offered]
+        if self.default_model in ids:
+            return self.default_model
+        return min(ids, key=lambda m: (costs.get(m, 0.0), ids.index(m)))
+
+    def _tau(self, tau: float | None) -> float:
+        return self.tau if tau is None else float(tau)
+
+    def route(self, query, offered, tau=None) -> Decision:
+        return self.route_items([RouteItem(query)], [offered], tau)[0]
+
+    def route_batch(self, queries, offered, tau=None) -> list[Decision]:
+        if len(queries) != len(offered):
+            raise ValueError(f"{len(queries)} queries but {len(offered)} offered lists")
+        return self.route_items([RouteItem(q) for q in queries], offered, tau)
+
+    def route_items(
+        self, items: Sequence[RouteItem], offered: Sequence[Sequence[ModelSpec]], tau: float | None = None
+    ) -> list[Decision]:
+        raise NotImplementedError
+
+
+def route_items(router: BaseRouter, items: Sequence[RouteItem], offered, tau=None) -> list[Decision]:
+    """Route items with any router: ``route_items`` when it has one, else ``route_batch`` on the queries."""
+    if hasattr(router, "route_items"):
+        return router.route_items(items, offered, tau)
+    return router.route_batch([it.query for it in items], offered, tau)
+
+
+# ---- baselines ------------------------------------------------------------------------------------------------------
+
+
+class SingleModelRouter(CostAwareRouter):
+    """Always the same model (when it is not offered: the fallback model, counted invalid)."""
+
+    def __init__(self, model_id: str, **kw):
+        super().__init__(**kw)
+        self.model_id = model_id
+        self.name = f"single:{model_id}"
+
+    def route_items(self, items, offered, tau=None):
+        out = []
+        for it, off in zip(items, offered, strict=True):
+            ids = [s.id for s in off]
+            if self.model_id in ids:
+                out.append(Decision(self.model_id, {m: float(m == self.model_id) for m in ids}))
+            else:
+                self.invalid_count += 1
+                fb = self.fallback_model(off, self.costs_for(it.query, off))
+                out.append(Decision(fb, {m: 0.0 for m in ids}, valid=False, invalid_reason="not_offered"))
+        return out
+
+
+class RandomRouter(CostAwareRouter):
+    """Uniformly at random among the offered models, seeded (RouterBench's random baseline)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, **kw):
+        super().__init__(**kw)
+        self.seed = seed
+        self._rng = random.Random(seed)
+
+    def route_items(self, items, offered, tau=None):
+        out = []
+        for _it, off in zip(items, offered, strict=True):
+            ids = [s.id for s in off]
+            out.append(Decision(self._rng.choice(ids), {m: 1.0 / len(ids) for m in ids}))
+        return out
+
+
+@dataclass
+class Outcome:
+    """One model's recorded result on one prompt."""
+
+    correct: bool
+    cost: float
+
+
+class OracleRouter(CostAwareRouter):
+    """The cheapest model that answered correctly (recorded cost); the cheapest model when none did.
+
+    Needs the outcomes, so it routes only items with a known ``prompt_id`` (an upper bound, not a router)."""
+
+    name = "oracle"
+
+    def __init__(self, outcomes: Mapping[str, Mapping[str, Outcome]], **kw):
+        super().__init__(**kw)
+        self.outcomes = outcomes
+
+    def route_items(self, items, offered, tau=None):
+        out = []
+        for it, off in zip(items, offered, strict=True):
+            if it.prompt_id is None or it.prompt_id not in self.outcomes:
+                raise KeyError(f"the oracle knows no outcomes for prompt {it.prompt_id!r}")
+            table = self.outcomes[it.prompt_id]
+            ids = [s.id for s in off if s.id in table]
+            if not ids:
+                raise KeyError(f"prompt {it.prompt_id!r}: no recorded outcome for any offered model")
+            right = [m for m in ids if table[m].correct]
+            pick = min(right or ids, key=lambda m: (table[m].cost, ids.index(m)))
+            out.append(Decision(pick, {m: float(table[m].correct) - table[m].cost for m in ids}))
+        return out
+
+
+@dataclass
+class LabeledPrompt:
+    """A prompt with every model's recorded outcome (built from a cache by ``evaluate.load_prompts``)."""
+
+    prompt_id: str
+    dataset: str
+    prompt: str
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    reference: str = ""
+    task: str | None = None
+
+
+class BestSingleRouter(CostAwareRouter):
+    """Per dataset, the single model that did best on the TRAINING data (RouterBench's "best single model").
+
+    The score of model m is m's training accuracy on the item's dataset (all training data pooled when the
+    dataset is unknown or was not in training); the choice is ``argmax(acc - tau * c)``. With ``tau = 0`` that is
+    the most accurate model (criterion "accuracy"); ``tau > 0`` trades accuracy for cost (criterion "reward")."""
+
+    name = "best_single"
+
+    def __init__(self, train: Iterable[LabeledPrompt], **kw):
+        super().__init__(**kw)
+        self.by_dataset: dict[str, dict[str, list[int]]] = {}
+        self.pooled: dict[str, list[int]] = {}
+        n = 0
+        for p in train:
+            n += 1
+            for table in (self.by_dataset.setdefault(p.dataset, {}), self.pooled):
+                for m, o in p.outcomes.items():
+                    st = table.setdefault(m, [0, 0])
+                    st[0] += int(o.correct)
+                    st[1] += 1
+        if n == 0:
+            raise ValueError("BestSingleRouter needs training prompts; got none")
+
+    def accuracies(self, dataset: str | None) -> dict[str, float]:
+        table = self.by_dataset.get(dataset, self.pooled) if dataset is not None else self.pooled
+        return {m: c / t for m, (c, t) in table.items() if t}
+
+    def choice_per_dataset(self, tau: float = 0.0, models: Sequence[str] | None = None) -> dict[str, str]:
+        """The model this router picks for each training dataset (for reports)."""
+        out = {}
+        for ds in sorted(self.by_dataset):
+            acc = self.accuracies(ds)
+            ids = [m for m in (models or acc) if m in acc]
+            out[ds] = max(ids, key=lambda m: (acc[m], -ids.index(m)))
+        return out
+
+    def route_items(self, items, offered, tau=None):
+        tau = self._tau(tau)
+        out = []
+        for it, off in zip(items, offered, strict=True):
+            acc = self.accuracies(it.dataset)
+            base = {s.id: acc.get(s.id, 0.0) for s in off}
+            costs = self.costs_for(it.query, off)
+            model, scores = decide(base, costs, tau)
+            out.append(ScoredDecision(model, scores, base_scores=base, costs=costs, tau=tau))
+        return out
+
+
+class KNNRouter(CostAwareRouter):
+    """k-nearest-neighbour router on sentence embeddings (all-MiniLM-L6-v2), trained on a cache.
+
+    For a query, the ``k`` most similar training prompts (cosine similarity) vote: the predicted probability that
+    model m answers correctly is the mean of m's recorded correctness over those neighbours that have a record
+    for m (m's overall training accuracy when none has). The choice is ``argmax(p_correct - tau * c)``."""
+
+    name = "knn"
+
+    def __init__(
+        self,
+        train: Iterable[LabeledPrompt],
+        k: int = 10,
+        embedder_path: str | Path | None = None,
+        device: str | None = None,
+        embed_batch_size: int = 64,
+        **kw,
+    ):
+        import numpy as np
+        from sentence_transformers import SentenceTransformer
+
+        from .assets import minilm_path
+
+        super().__init__(**kw)
+        self.k = k
+        self.embed_batch_size = embed_batch_size
+        self.encoder = SentenceTransformer(str(embedder_path or minilm_path()), device=device or "cpu")
+        prompts, rows = [], []
+        for p in train:
+            prompts.append(p.prompt)
+            rows.append({m: float(o.correct) for m, o in p.outcomes.items()})
+        if not prompts:
+            raise ValueError("KNNRouter needs training prompts; got none")
+        self.models = sorted({m for r in rows for m in r})
+        idx = {m: i for i, m in enumerate(self.models)}
+        y = np.full((len(rows), len(self.models)), np.nan, dtype=np.float32)
+        for i, r in enumerate(rows):
+            for m, v in r.items():
+                y[i, idx[m]] = v
+        self.y = y
+        self.prior = {m: float(np.nanmean(y[:, idx[m]])) for m in self.models}
+        self.emb = self._embed(prompts)
+
+    def _embed(self, texts: Sequence[str]):
+        return self.encoder.encode(
+            list(texts), batch_size=self.embed_batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
+        import numpy as np
+
+        q = self._embed(queries)
+        sims = q @ self.emb.T
+        k = min(self.k, self.emb.shape[0])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out = []
+        for r in range(len(queries)):
+            ys = self.y[top[r]]
+            with np.errstate(invalid="ignore"):
+                counts = (~np.isnan(ys)).sum(0)
+                means = np.where(counts > 0, np.nansum(ys, 0) / np.maximum(counts, 1), np.nan)
+            out.append({m: (float(means[j]) if not math.isnan(means[j]) else self.prior[m]) for j, m in enumerate(self.models)})
+        return out
+
+    def route_items(self, items, offered, tau=None):
+        tau = self._tau(tau)
+        t0 = time.perf_counter()
+        preds = self.p_correct([query_text(it.query) for it in items]) if items else []
+        per = (time.perf_counter() - t0) / max(1, len(items))
+        out = []
+        for it, off, p in zip(items, offered, preds, strict=True):
+            base = {s.id: p.get(s.id, 0.0) for s in off}
+            costs = self.costs_for(it.query, off)
+            model, scores = decide(base, costs, tau)
+            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
+        return out
+
+
+# ---- the trained router ---------------------------------------------------------------------------------------------
+
+_SMOLLM2_NAMES = ("SmolLM2-135M-Instruct",)
+
+
+def _local_model_path(name: str) -> str:
+    """A local folder for a model name: the path itself when it exists, the bundled SmolLM2 for its Hub id,
+    else the name unchanged (resolved by transformers from the local Hugging Face cache; no network)."""
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if any(name.rstrip("/").endswith(n) for n in _SMOLLM2_NAMES):
+        from .assets import smollm2_path
+
+        return str(smollm2_path())
+    return name
+
+
+def base_model_of_adapter(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on: ``base_model_name_or_path`` of its adapter_config.json, else
+    the base model named in its run_card.json (top level or its ``config``)."""
+    adapter_dir = Path(adapter_dir)
+    cfg = adapter_dir / "adapter_config.json"
+    if cfg.exists():
+        name = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if name:
+            return str(name)
+    card = adapter_dir / "run_card.json"
+    if card.exists():
+        data = json.loads(card.read_text(encoding="utf-8"))
+        for scope in (data, data.get("config") or {}):
+            if isinstance(scope, dict):
+                for key in ("base_model", "base_model_name_or_path", "model_name_or_path", "model"):
+                    if isinstance(scope.get(key), str) and scope[key]:
+                        return scope[key]
+    raise FileNotFoundError(
+        f"{adapter_dir}: cannot tell the base model (no base_model_name_or_path in adapter_config.json, no base "
+        "model in run_card.json); pass base_model explicitly"
+    )
+
+
+def load_router_model(
+    base_model: str | None = None,
+    adapter_dir: str | Path | None = None,
+    *,
+    device: str | None = None,
+    quantize: str = "auto",
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+):
+    """Load base model (+ LoRA adapter) and tokenizer once, for inference.
+
+    quantize: "auto" (4-bit NF4 on CUDA, none on CPU), "4bit" (bitsandbytes NF4, double quantisation, bf16
+    compute; also on CPU if bitsandbytes supports it there) or "none". dtype: "float32"/"bfloat16"/"float16"
+    for unquantised weights (default: bfloat16 on CUDA, float32 on CPU). The tokenizer comes from the adapter
+    folder when it holds one (training saves it there), else from the base model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if base_model is None:
+        if adapter_dir is None:
+            raise ValueError("give base_model, adapter_dir, or both")
+        base_model = base_model_of_adapter(adapter_dir)
+    base_path = _local_model_path(base_model)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if quantize not in ("auto", "4bit", "none"):
+        raise ValueError(f"quantize must be auto, 4bit or none, got {quantize!r}")
+    four_bit = quantize == "4bit" or (quantize == "auto" and str(device).startswith("cuda"))
+    if dtype is None:
+        torch_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if str(device).startswith("cuda") else torch.float32,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    if not four_bit:
+        model.to(device)
+    tok_src = base_path
+    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").exists():
+        tok_src = str(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter_dir) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a peft adapter folder)")
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    model.eval()
+    return model, tokenizer
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    i = 0
+    while i < n and all(s[i] == seqs[0][i] for s in seqs):
+        i += 1
+    return i
+
+
+class LoRARouter(CostAwareRouter):
+    """The trained router: base model + LoRA adapter, shown the shared router prompt (``prompting``).
+
+    mode="score": one pass scores every offered action's log-probability ``log p(action tokens | prompt)``
+    (exactly the tokens of ``prompting.encode_action``, summed); the choice ``argmax(logp - tau * c)`` is always
+    an offered model. How: the prompt plus the action tokens all candidates share is run once (KV cache kept,
+    logits only for the last positions); then every candidate's remaining tokens are packed into ONE row per
+    query and run in one forward over that cache, with a block attention mask (each candidate sees the prompt
+    and itself) and its own position ids. Cost: one prompt forward + a few hundred tokens.
+
+    mode="generate": greedy decoding of the tool call, read with ``prompting.parse_action``. An unusable answer
+    (or a prompt over ``max_prompt_tokens``) gives the default model (``default_model`` when offered, else the
+    cheapest offered one), ``valid=False`` and ``invalid_reason``; ``invalid_count`` counts them. Candidate
+    scores in this mode come free from the decoding steps: the log-probability of each candidate's tokens up
+    to and including the first one that leaves the greedy path (exact for the generated candidate, an upper
+    bound for the others); ``tau`` does not change a generated choice.
+
+    ``c`` is ``normalised_costs`` (expected cost per query, divided by the most expensive offered model)."""
+
+    name = "lora"
+
+    def __init__(
+        self,
+        base_model: str | None = None,
+        adapter_dir: str | Path | None = None,
+        mode: str = "score",
+        default_model: str | None = None,
+        *,
+        device: str | None = None,
+        quantize: str = "auto",
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+        tau: float = 0.0,
+        cost_per_query: Mapping[str, float] | None = None,
+        expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
+        model=None,
+        tokenizer=None,
+    ):
+        super().__init__(
+            tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
+            default_model=default_model,
+        )
+        if mode not in ("score", "generate"):
+            raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}")
+        import torch
+
+        self._torch = torch
+        self.mode = mode
+        self.max_prompt_tokens = max_prompt_tokens
+        self.batch_size = max(1, int(batch_size))
+        self.max_new_tokens = max_new_tokens
+        if model is None:
+            model, tokenizer = load_router_model(
+                base_model, adapter_dir, device=device, quantize=quantize, dtype=dtype,
+                attn_implementation=attn_implementation,
+            )
+        elif tokenizer is None:
+            raise ValueError("a preloaded model needs its tokenizer")
+        self.model, self.tokenizer = model, tokenizer
+        self.base_model = base_model
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self._action_ids: dict[str, list[int]] = {}
+        self.invalid_reasons: dict[str, int] = {}
+
+    # -- public ---------------------------------------------------------------------------------------------------
+
+    def action_ids(self, model_id: str) -> list[int]:
+        if model_id not in self._action_ids:
+            self._action_ids[model_id] = encode_action(self.tokenizer, model_id)
+        return self._action_ids[model_id]
+
+    def route_items(self, items, offered, tau=None):
+        tau = self._tau(tau)
+        if len(items) != len(offered):
+            raise ValueError(f"{len(items)} queries but {len(offered)} offered lists")
+        out: list[Decision] = []
+        for start in range(0, len(items), self.batch_size):
+            out.extend(self._route_chunk(items[start : start + self.batch_size], offered[start : start + self.batch_size], tau))
+        return out
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _invalid(self, reason: str, off, costs, t0: float, raw: str | None = None, scores=None) -> ScoredDecision:
+        self.invalid_count += 1
+        code = reason.split(":", 1)[0]
+        self.invalid_reasons[code] = self.invalid_reasons.get(code, 0) + 1
+        fb = self.fallback_model(off, costs)
+        base = scores if scores is not None else {}
+        return ScoredDecision(
+            fb, dict(base), latency_s=time.perf_counter() - t0, valid=False, invalid_reason=reason, raw=raw,
+            base_scores=dict(base), costs=costs,
+        )
+
+    def _route_chunk(self, items, offered, tau) -> list[Decision]:
+        t0 = time.perf_counter()
+        results: list[Decision | None] = [None] * len(items)
+        work = []  # (index, prompt, prompt ids, offered ids, costs)
+        for i, (it, off) in enumerate(zip(items, offered)):
+            off = list(off)
+            costs = self.costs_for(it.query, off)
+            prompt = build_router_prompt(it.query, off)
+            try:
+                ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
+            except PromptTooLongError as e:
+                results[i] = self._invalid(f"prompt_too_long: {e}", off, costs, t0)
+                continue
+            work.append((i, prompt, ids, off, costs))
+        if work:
+            if self.mode == "score":
+                logps = self._score_batch([w[2] for w in work], [[self.action_ids(m) for m in w[1].offered] for w in work])
+                for (i, prompt, _ids, _off, costs), lp in zip(work, logps):
+                    base = dict(zip(prompt.offered, lp))
+                    model, scores = decide(base, costs, tau)
+                    results[i] = ScoredDecision(model, scores, base_scores=base, costs=costs, tau=tau)
+            else:
+                texts, approx = self._generate_batch(
+                    [w[2] for w in work], [[self.action_ids(m) for m in w[1].offered] for w in work]
+                )
+                for (i, prompt, _ids, off, costs), text, ap in zip(work, texts, approx):
+                    base = dict(zip(prompt.offered, ap))
+                    try:
+                        model = parse_action(text, prompt)
+                    except ActionParseError as e:
+                        results[i] = self._invalid(f"{e.reason}: {e.detail}", off, costs, t0, raw=text, scores=base)
+                        continue
+                    results[i] = ScoredDecision(model, dict(base), raw=text, base_scores=base, costs=costs, tau=tau)
+        per = (time.perf_counter() - t0) / max(1, len(items))
+        for r in results:
+            r.latency_s = per
+        return results  # type: ignore[return-value]
+
+    def _embed_dtype(self):
+        return self.model.get_input_embeddings().weight.dtype
+
+    def _score_batch(self, prompts: list[list[int]], actions: list[list[list[int]]]) -> list[list[float]]:
+        """Exact ``sum log p(action token | prompt, earlier action tokens)`` for every candidate of every query."""
+        torch = self._torch
+        dev = self.device
+        B = len(prompts)
+        lcps = [min(_common_prefix_len(a), min(len(x) for x in a) - 1) for a in actions]
+        heads = [p + a[0][:l] for p, a, l in zip(prompts, actions, lcps)]
+        P = max(len(h) for h in heads)
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, h in enumerate(heads):
+            ids[b, P - len(h) :] = torch.tensor(h)
+            mask[b, P - len(h) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        K = max(lcps) + 1
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                use_cache=True, logits_to_keep=K,
+            )
+            lp1 = torch.log_softmax(out.logits.float(), dim=-1)  # [B, K, V]; window = last K positions
+            # the shared action prefix and each candidate's first own token
+            common = []
+            first = []
+            for b in range(B):
+                l, a = lcps[b], actions[b]
+                if l:
+                    rows = torch.arange(K - l - 1, K - 1, device=lp1.device)
+                    toks = torch.tensor(a[0][:l], device=lp1.device)
+                    common.append(float(lp1[b, rows, toks].sum()))
+                else:
+                    common.append(0.0)
+                toks = torch.tensor([x[l] for x in a], device=lp1.device)
+                first.append(lp1[b, K - 1, toks].tolist())
+            # the rest of every candidate: one packed row per query over the prompt's cache
+            row_tok, row_cand, row_off = [], [], []
+            for b in range(B):
+                l = lcps[b]
+                t, c, o = [], [], []
+                for j, a in enumerate(actions[b]):
+                    s = a[l:]
+                    t.extend(s[:-1])
+                    c.extend([j] * (len(s) - 1))
+                    o.extend(range(len(s) - 1))
+                row_tok.append(t), row_cand.append(c), row_off.append(o)
+            Q = max(len(t) for t in row_tok)
+            rest = [[0.0] * len(actions[b]) for b in range(B)]
+            if Q:
+                ids2 = torch.full((B, Q), self.pad_id, dtype=torch.long)
+                cand = torch.full((B, Q), -1, dtype=torch.long)
+                pos2 = torch.zeros((B, Q), dtype=torch.long)
+                for b in range(B):
+                    n = len(row_tok[b])
+                    if n:
+                        ids2[b, :n] = torch.tensor(row_tok[b])
+                        cand[b, :n] = torch.tensor(row_cand[b])
+                        pos2[b, :n] = len(heads[b]) + torch.tensor(row_off[b])
+                same = (cand[:, :, None] == cand[:, None, :]) & (cand[:, :, None] >= 0)
+                allowed = torch.cat(
+                    [mask.bool()[:, None, :].expand(B, Q, P), same & torch.ones(Q, Q, dtype=torch.bool).tril()], dim=-1
+                )
+                dt = self._embed_dtype()
+                mask4 = torch.zeros((B, 1, Q, P + Q), dtype=dt)
+                mask4.masked_fill_(~allowed[:, None], torch.finfo(dt).min)
+                out2 = self.model(
+                    input_ids=ids2.to(dev), attention_mask=mask4.to(dev), position_ids=pos2.to(dev),
+                    past_key_values=out.past_key_values, use_cache=True,
+                )
+                for b in range(B):
+                    n = len(row_tok[b])
+                    if not n:
+                        continue
+                    l = lcps[b]
+                    targets = torch.tensor(
+                        [actions[b][j][l + o + 1] for j, o in zip(row_cand[b], row_off[b])], device=out2.logits.device
+                    )
+                    lsm = torch.log_softmax(out2.logits[b, :n].float(), dim=-1)
+                    tok_lp = lsm[torch.arange(n, device=lsm.device), targets]
+                    sums = torch.zeros(len(actions[b]), dtype=torch.float32, device=lsm.device)
+                    sums.index_add_(0, torch.tensor(row_cand[b], device=lsm.device), tok_lp)
+                    rest[b] = sums.tolist()
+        return [[common[b] + f + r for f, r in zip(first[b], rest[b])] for b in range(B)]
+
+    def _generate_batch(self, prompts: list[list[int]], actions: list[list[list[int]]]):
+        """Greedy decoding for a batch (left padding). Returns the generated texts and per-candidate scores."""
+        torch = self._torch
+        from transformers import GenerationConfig
+
+        B = len(prompts)
+        P = max(len(p) for p in prompts)
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p) :] = torch.tensor(p)
+            mask[b, P - len(p) :] = 1
+        longest = max(len(a) for acts in actions for a in acts)
+        gcfg = GenerationConfig(
+            do_sample=False, max_new_tokens=self.max_new_tokens or longest + 8, pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id, output_logits=True, return_dict_in_generate=True,
+        )
+        with torch.inference_mode():
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gcfg)
+        seqs = gen.sequences[:, P:].tolist()
+        texts, scores = [], []
+        for b in range(B):
+            g = seqs[b]
+            if self.eos_id in g:
+                g = g[: g.index(self.eos_id) + 1]
+            texts.append(self.tokenizer.decode(g, skip_special_tokens=False))
+            lsm = torch.log_softmax(torch.stack([step[b] for step in gen.logits]).float(), dim=-1)  # [T, V]
+            T = lsm.shape[0]
+            row = []
+            for a in actions[b]:
+                s = 0.0
+                for t, tok in enumerate(a):
+                    if t >= T:
+                        break
+                    s += float(lsm[t, tok])
+                    if t >= len(g) or tok != g[t]:
+                        break
+                row.append(s)
+            scores.append(row)
+        return texts, scores

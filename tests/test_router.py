@@ -1,0 +1,272 @@
+"""The trained router's mechanics on the real SmolLM2-135M (CPU, fp32) and the baseline routers.
+
+The LoRA adapter here is freshly initialised (peft's default init: identical to the base model) and saved to a
+temporary folder, so the tests check the machinery (prompt, action tokens, scoring, parsing, fallbacks), not a
+trained router's quality (that is docs/BENCHMARKS.md, Stage 5)."""
+
+import json
+import math
+
+import pytest
+
+from xrouter_lite import prompting as P
+from xrouter_lite.router import (
+    BestSingleRouter,
+    Decision,
+    KNNRouter,
+    LabeledPrompt,
+    LoRARouter,
+    OracleRouter,
+    Outcome,
+    RandomRouter,
+    RouteItem,
+    ScoredDecision,
+    SingleModelRouter,
+    base_model_of_adapter,
+    decide,
+    normalised_costs,
+)
+
+THREE = ["claude-v1", "claude-v2", "mistralai/mistral-7b-chat"]  # short prompts keep the CPU tests fast
+QUERIES = [
+    "Natalia sold clips to 48 of her friends in April, and then half as many in May. How many clips in total?",
+    "Write a Python function that returns the n-th Fibonacci number.",
+]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xrouter_lite.assets import smollm2_path
+
+    base = str(smollm2_path())
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    d = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(str(d))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def router(adapter_dir):
+    return LoRARouter(adapter_dir=adapter_dir, mode="score", device="cpu", batch_size=4)
+
+
+def naive_logp(model, tokenizer, query, offered, model_id):
+    """log p(action | prompt) from one plain forward over prompt + action (no cache, no packing)."""
+    import torch
+
+    ids = P.encode_prompt(tokenizer, P.build_router_prompt(query, offered))
+    act = P.encode_action(tokenizer, model_id)
+    with torch.no_grad():  # logits of the last len(act) + 1 positions only (the rest is not needed)
+        lp = model(input_ids=torch.tensor([ids + act]), logits_to_keep=len(act) + 1).logits[0].float().log_softmax(-1)
+    return sum(float(lp[t, tok]) for t, tok in enumerate(act))
+
+
+def test_base_model_is_read_from_the_adapter(adapter_dir, tmp_path):
+    from xrouter_lite.assets import smollm2_path
+
+    assert base_model_of_adapter(adapter_dir) == str(smollm2_path())
+    card = tmp_path / "run_card.json"
+    card.write_text(json.dumps({"config": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}}))
+    assert base_model_of_adapter(tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(FileNotFoundError, match="base model"):
+        base_model_of_adapter(tmp_path / "nowhere")
+
+
+def test_score_mode_equals_naive_forward(router, pool_rb):
+    offered = pool_rb.subset(THREE)
+    d = router.route(QUERIES[0], offered)
+    assert isinstance(d, ScoredDecision) and d.valid
+    assert d.model_id == max(d.base_scores, key=d.base_scores.get)  # tau = 0: the most probable action
+    assert d.latency_s > 0
+    for m in THREE:
+        assert d.base_scores[m] == pytest.approx(naive_logp(router.model, router.tokenizer, QUERIES[0], offered, m), abs=1e-4)
+
+
+def test_score_mode_scores_every_offered_model(router, pool_rb):
+    d = router.route(QUERIES[1], list(pool_rb))
+    assert set(d.base_scores) == set(pool_rb.ids)
+    assert all(math.isfinite(v) and v < 0 for v in d.base_scores.values())
+    assert d.model_id in pool_rb.ids and d.valid
+
+
+def test_batched_scores_equal_single_ones_with_different_offered_sets(router, pool_rb):
+    subsets = [pool_rb.subset(["gpt-3.5-turbo-1106", "claude-v2"]), pool_rb.subset(THREE)]
+    batch = router.route_batch(QUERIES, subsets)
+    for q, off, d in zip(QUERIES, subsets, batch):
+        single = router.route(q, off)
+        assert list(d.base_scores) == [s.id for s in off]
+        for m in d.base_scores:
+            assert d.base_scores[m] == pytest.approx(single.base_scores[m], abs=1e-4)
+    # a single offered model is still scored (and chosen)
+    one = router.route(QUERIES[0], pool_rb.subset(["claude-v2"]))
+    assert one.model_id == "claude-v2"
+    assert one.base_scores["claude-v2"] == pytest.approx(
+        naive_logp(router.model, router.tokenizer, QUERIES[0], pool_rb.subset(["claude-v2"]), "claude-v2"), abs=1e-4
+    )
+
+
+def test_tau_trades_probability_for_cost(router, pool_rb):
+    offered = pool_rb.subset(THREE)
+    d0 = router.route(QUERIES[1], offered, tau=0.0)
+    costs = normalised_costs(QUERIES[1], offered)
+    assert max(costs.values()) == pytest.approx(1.0)
+    cheapest = min(costs, key=costs.get)
+    big = router.route(QUERIES[1], offered, tau=1e6)
+    assert big.model_id == cheapest
+    # re-deciding from the stored scores gives what a new pass gives
+    assert d0.with_tau(1e6).model_id == cheapest
+    assert big.scores[cheapest] == max(big.scores.values())
+    assert big.ranked()[0] == cheapest
+
+
+def test_decide_breaks_ties_towards_the_cheaper_model():
+    m, adj = decide({"a": -1.0, "b": -1.0}, {"a": 1.0, "b": 0.2}, 0.0)
+    assert m == "b" and adj == {"a": -1.0, "b": -1.0}
+    assert decide({"a": -1.0, "b": -1.2}, {"a": 1.0, "b": 0.0}, 0.5)[0] == "b"  # -1.5 < -1.2
+    assert decide({"a": -1.0, "b": -1.2}, {"a": 1.0, "b": 0.0}, 0.1)[0] == "a"  # -1.1 > -1.2
+
+
+def test_adapter_weights_are_really_applied(adapter_dir, tmp_path, pool_rb):
+    """A non-zero LoRA update must change the scores (the adapter is attached, not ignored)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from xrouter_lite.assets import smollm2_path
+
+    base = AutoModelForCausalLM.from_pretrained(str(smollm2_path()), dtype=torch.float32)
+    pm = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    torch.manual_seed(0)
+    for n, p in pm.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.05)
+    pm.save_pretrained(str(tmp_path))
+    offered = pool_rb.subset(["claude-v1", "mistralai/mistral-7b-chat"])
+    moved = LoRARouter(adapter_dir=tmp_path, device="cpu").route(QUERIES[0], offered)
+    plain = LoRARouter(adapter_dir=adapter_dir, device="cpu").route(QUERIES[0], offered)
+    assert any(abs(moved.base_scores[m] - plain.base_scores[m]) > 1e-3 for m in plain.base_scores)
+
+
+def test_generate_mode_falls_back_and_counts_invalid_actions(router, pool_rb):
+    """The untrained base answers the question instead of calling a tool: every such answer must fall back to
+    the configured default model, be marked invalid and be counted; scores exist for every offered model."""
+    gen = LoRARouter(model=router.model, tokenizer=router.tokenizer, mode="generate",
+                     default_model="mistralai/mistral-7b-chat", max_new_tokens=16)
+    offered = pool_rb.subset(THREE)
+    ds = gen.route_batch(QUERIES, [offered, offered])
+    for d in ds:
+        assert d.raw is not None
+        try:
+            P.parse_action(d.raw, P.build_router_prompt(QUERIES[0], offered))
+            parsed = True
+        except P.ActionParseError:
+            parsed = False
+        assert d.valid == parsed
+        if not d.valid:
+            assert d.model_id == "mistralai/mistral-7b-chat" and d.invalid_reason
+        assert set(d.scores) == set(THREE) and all(math.isfinite(v) for v in d.scores.values())
+    assert gen.invalid_count == sum(not d.valid for d in ds)
+    # the default model not offered: the cheapest offered one
+    sub = pool_rb.subset(["claude-v1", "gpt-3.5-turbo-1106"])
+    d = gen.route(QUERIES[0], sub)
+    if not d.valid:
+        assert d.model_id == "gpt-3.5-turbo-1106"
+
+
+def test_generate_mode_reads_a_valid_tool_call(router, pool_rb):
+    """The parsing side of generate mode, with the decoder's text fixed (the model itself is exercised above)."""
+    offered = list(pool_rb)
+
+    class Fixed(LoRARouter):
+        def _generate_batch(self, prompts, actions):
+            texts = [P.action_text("claude-v1") + "<|im_end|>", "<tool_call>\n{\"name\": \"call_nope\"}\n</tool_call>"]
+            return texts[: len(prompts)], [[0.0] * len(a) for a in actions]
+
+    r = Fixed(model=router.model, tokenizer=router.tokenizer, mode="generate")
+    ok, bad = r.route_batch(QUERIES, [offered, offered])
+    assert ok.valid and ok.model_id == "claude-v1"
+    assert not bad.valid and bad.invalid_reason.startswith("not_offered")
+    assert r.invalid_count == 1 and r.invalid_reasons == {"not_offered": 1}
+
+
+def test_prompt_over_the_cap_falls_back_never_truncates(router, pool_rb):
+    r = LoRARouter(model=router.model, tokenizer=router.tokenizer, max_prompt_tokens=100)
+    d = r.route(QUERIES[0], list(pool_rb))
+    assert not d.valid and d.invalid_reason.startswith("prompt_too_long")
+    assert d.model_id == "mistralai/mistral-7b-chat"  # cheapest by pool prices
+    assert r.invalid_count == 1
+
+
+# ---- baselines ------------------------------------------------------------------------------------------------------
+
+
+def _lp(pid, ds, prompt, **res):
+    return LabeledPrompt(pid, ds, prompt, {m: Outcome(c, cost) for m, (c, cost) in res.items()})
+
+
+def test_single_random_and_oracle(pool_rb):
+    off = pool_rb.subset(["claude-v1", "gpt-3.5-turbo-1106", "mistralai/mistral-7b-chat"])
+    assert SingleModelRouter("claude-v1").route("q", off).model_id == "claude-v1"
+    s = SingleModelRouter("gpt-4-1106-preview")
+    d = s.route("q", off)
+    assert not d.valid and s.invalid_count == 1
+    first = RandomRouter(seed=7).route("q", off).model_id
+    r1, r2 = RandomRouter(seed=7), RandomRouter(seed=7)
+    seq1 = [r1.route("q", off).model_id for _ in range(20)]
+    assert seq1 == [r2.route("q", off).model_id for _ in range(20)] and first == seq1[0]
+    assert len(set(seq1)) > 1
+    table = {
+        "p1": {"claude-v1": Outcome(True, 0.01), "gpt-3.5-turbo-1106": Outcome(True, 0.002),
+               "mistralai/mistral-7b-chat": Outcome(False, 0.0001)},
+        "p2": {"claude-v1": Outcome(False, 0.01), "gpt-3.5-turbo-1106": Outcome(False, 0.002),
+               "mistralai/mistral-7b-chat": Outcome(False, 0.0001)},
+    }
+    o = OracleRouter(table)
+    got = o.route_items([RouteItem("x", "p1"), RouteItem("y", "p2")], [off, off])
+    assert [d.model_id for d in got] == ["gpt-3.5-turbo-1106", "mistralai/mistral-7b-chat"]
+    with pytest.raises(KeyError):
+        o.route("no id", off)
+
+
+def test_best_single_per_dataset(pool_rb):
+    train = [
+        _lp("a1", "math", "q", **{"claude-v1": (True, 1.0), "mistralai/mistral-7b-chat": (False, 0.1)}),
+        _lp("a2", "math", "q", **{"claude-v1": (True, 1.0), "mistralai/mistral-7b-chat": (True, 0.1)}),
+        _lp("b1", "chat", "q", **{"claude-v1": (False, 1.0), "mistralai/mistral-7b-chat": (True, 0.1)}),
+    ]
+    off = pool_rb.subset(["claude-v1", "mistralai/mistral-7b-chat"])
+    cost = {"claude-v1": 1.0, "mistralai/mistral-7b-chat": 0.1}
+    bs = BestSingleRouter(train, cost_per_query=cost)
+    ds = bs.route_items([RouteItem("x", dataset="math"), RouteItem("y", dataset="chat"), RouteItem("z")], [off] * 3)
+    # math: 1.0 vs 0.5 -> claude-v1; chat: 0 vs 1 -> mistral; no dataset: pooled 2/3 vs 2/3, a tie -> the cheaper
+    assert [d.model_id for d in ds] == ["claude-v1", "mistralai/mistral-7b-chat", "mistralai/mistral-7b-chat"]
+    assert bs.accuracies(None) == {"claude-v1": 2 / 3, "mistralai/mistral-7b-chat": 2 / 3}
+    # with a cost knob, math moves to the cheap model once 0.5 < tau * (1 - 0.1)
+    assert bs.route_items([RouteItem("x", dataset="math")], [off], tau=1.0)[0].model_id == "mistralai/mistral-7b-chat"
+    assert bs.choice_per_dataset() == {"chat": "mistralai/mistral-7b-chat", "math": "claude-v1"}
+
+
+def test_knn_follows_similar_training_prompts(pool_rb):
+    maths = ["What is 17 times 23?", "Compute 45 plus 78.", "How much is 12 squared?", "Divide 144 by 12."]
+    poems = ["Write a short poem about the sea.", "Compose a haiku about autumn leaves.",
+             "Write a limerick about a cat.", "Write a sonnet about love."]
+    train = [_lp(f"m{i}", "d", q, **{"claude-v1": (True, 1), "gpt-3.5-turbo-1106": (False, 1)}) for i, q in enumerate(maths)]
+    train += [_lp(f"p{i}", "d", q, **{"claude-v1": (False, 1), "gpt-3.5-turbo-1106": (True, 1)}) for i, q in enumerate(poems)]
+    knn = KNNRouter(train, k=3)
+    off = pool_rb.subset(["claude-v1", "gpt-3.5-turbo-1106"])
+    ds = knn.route_batch(["What is 31 times 7?", "Write a poem about mountains."], [off, off])
+    assert [d.model_id for d in ds] == ["claude-v1", "gpt-3.5-turbo-1106"]
+    assert ds[0].base_scores == {"claude-v1": 1.0, "gpt-3.5-turbo-1106": 0.0}
+    # tau large: the cheaper model (gpt-3.5 by pool prices) wins even on maths
+    assert knn.route("What is 31 times 7?", off, tau=100).model_id == "gpt-3.5-turbo-1106"
+
+
+def test_decision_interface_is_unchanged():
+    d = Decision("a", {"a": 0.1, "b": 0.5, "c": 0.3})
+    assert d.ranked() == ["a", "b", "c"]
