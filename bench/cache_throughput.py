@@ -8,6 +8,7 @@ defaults). Reported: achieved calls/s as a share of ideal, and the client's CPU 
 
     python bench/cache_throughput.py                       # 2,000 calls at concurrency 64, 200 ms latency
     python bench/cache_throughput.py --profile 30          # plus the 30 costliest functions (cProfile)
+    python bench/cache_throughput.py --litellm-ab 5        # A/B of the litellm overhead trims (llm.py)
 Targets: >= 90% of ideal and <= 2 ms of client CPU per call.
 """
 
@@ -82,6 +83,46 @@ async def run(args, pool_path: Path, qs: Path, tmp: Path, transport: str) -> dic
     return out
 
 
+async def litellm_ab(args, base_url: str, rounds: int) -> None:
+    """Interleaved A/B of the litellm trims (same process, same loop, alternating, so machine load hits all alike):
+    message redaction on (litellm's turn_off_message_logging) / off, and the idle success-logging skip."""
+    import statistics
+
+    from xrouter_lite import llm
+    from xrouter_lite.pool import ModelSpec
+
+    litellm = llm.configure_litellm()
+    spec = ModelSpec(id="fake-ab", litellm_model="openai/fake-ab", api_base=base_url, input_price=1, output_price=1,
+                     context_window=8192, max_output_tokens=512)
+    sem = asyncio.Semaphore(args.concurrency)
+
+    async def one(i: int):
+        async with sem:
+            return await llm.acall_model(spec, [{"role": "user", "content": f"q {i}"}], {"max_tokens": 64},
+                                         transport="litellm")
+
+    modes = {"redaction on, logging payload built": (True, False),
+             "redaction off, logging payload built": (False, False),
+             "redaction off, idle logging skipped (default)": (False, True)}
+    await asyncio.gather(*[one(i) for i in range(200)])
+    res: dict[str, list[float]] = {m: [] for m in modes}
+    n = 500
+    for _ in range(rounds):
+        for m, (redact, skip) in modes.items():
+            litellm.turn_off_message_logging = redact
+            llm.SKIP_IDLE_LITELLM_LOGGING = skip
+            await asyncio.sleep(0.3)
+            c0 = time.process_time()
+            await asyncio.gather(*[one(i) for i in range(n)])
+            res[m].append((time.process_time() - c0) / n * 1000)
+    litellm.turn_off_message_logging = False
+    llm.SKIP_IDLE_LITELLM_LOGGING = True
+    await llm.aclose()
+    print(f"litellm trims, interleaved A/B ({rounds} rounds x {n} calls each, concurrency {args.concurrency}):")
+    for m, v in res.items():
+        print(f"- {m}: median {statistics.median(v):.2f} ms CPU per call ({' '.join(f'{x:.2f}' for x in v)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
@@ -91,6 +132,8 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="print the N costliest functions (cProfile; slows the run)")
     ap.add_argument("--transport", action="append", choices=["auto", "litellm", "direct"],
                     help="transport(s) to measure, in order (default: auto, then litellm)")
+    ap.add_argument("--litellm-ab", type=int, default=0, metavar="ROUNDS",
+                    help="instead: interleaved A/B of the litellm trims, this many rounds")
     args = ap.parse_args()
     transports = args.transport or ["auto", "litellm"]
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -102,6 +145,9 @@ def main() -> None:
     with FakeUpstream(latency_s=args.latency, answers={"*": "Half of them... #### 42"}) as up, \
             tempfile.TemporaryDirectory() as d:
         args.server_pid = up._proc.pid if up._proc is not None else None
+        if args.litellm_ab:
+            asyncio.run(litellm_ab(args, up.base_url, args.litellm_ab))
+            return
         tmp = Path(d)
         pool_path, qs = write_inputs(tmp, up.base_url, args.models, args.calls // args.models)
         results = []

@@ -195,6 +195,8 @@ def configure_litellm():
         return litellm
 
 
+SKIP_IDLE_LITELLM_LOGGING = True
+"""Module switch read on every call (the benchmark's A/B toggles it); see ``_skip_idle_success_logging``."""
 _LOGGING_CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "failure_callback",
                            "_async_failure_callback", "input_callback", "service_callback")
 
@@ -217,7 +219,7 @@ def _skip_idle_success_logging(litellm) -> None:
 
     def enqueue(async_coroutine, *args, **kwargs):
         name = getattr(async_coroutine, "__qualname__", "") or ""
-        if name.endswith("async_success_handler") and not any(
+        if SKIP_IDLE_LITELLM_LOGGING and name.endswith("async_success_handler") and not any(
             getattr(litellm, n, None) for n in _LOGGING_CALLBACK_LISTS
         ):
             async_coroutine.close()
