@@ -282,3 +282,16 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(fresh, env):
     s = run_cache(CacheConfig(dataset=qs, pool=pool, out=out, max_tokens=64), progress=False)
     assert s.already_done == len(done) and s.ok == 12 - len(done)
     assert len(list(latest_records(out))) == 12
+
+
+def test_two_runs_on_one_file_are_refused(fresh, env):
+    import fcntl
+
+    cfg = cfg_for(env)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(cfg.out, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # what a running cache stage holds
+        with pytest.raises(CacheConfigError, match="another cache run"):
+            run_cache(cfg, progress=False)
+    assert fresh.stats()["requests"] == 0
+    assert run_cache(cfg, progress=False).ok == 12  # the lock is gone with its holder

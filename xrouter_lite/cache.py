@@ -359,6 +359,23 @@ def _task_checker():
 # ---- running -------------------------------------------------------------------------------------------------------
 
 
+def _lock_cache_file(out: Path) -> int:
+    """Open (creating) the cache file and take an exclusive advisory lock on it; returns the descriptor, whose
+    closing releases the lock. Where ``fcntl`` is missing (Windows) no lock is taken."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CacheConfigError(f"{out}: another cache run is writing to this file; wait for it or use another --out") from None
+    return fd
+
+
 class RateLimiter:
     """Spaces requests evenly: at most ``rpm`` per minute, no bursts."""
 
@@ -513,26 +530,32 @@ async def arun_cache(
     summary = CacheSummary(out=str(out), budget_usd=cfg.budget_usd)
     summary.per_model = {s.id: ModelTally() for s in specs}
 
-    summary.torn_tail_dropped = repair_torn_tail(out)
-    if summary.torn_tail_dropped:
-        console.print(f"[yellow]{out}: dropped a torn last line (a write cut by a crash); that pair is redone")
-    index = scan_cache(out)
-    if index.duplicate_ok:
-        console.print(f"[yellow]{out}: {index.duplicate_ok} pair(s) have more than one successful record; "
-                      "readers keep the last (see latest_records)")
+    sync_fd = _lock_cache_file(out)  # one writer per file: two runs at once could both call a pair
+    try:
+        summary.torn_tail_dropped = repair_torn_tail(out)
+        if summary.torn_tail_dropped:
+            console.print(f"[yellow]{out}: dropped a torn last line (a write cut by a crash); that pair is redone")
+        index = scan_cache(out)
+        if index.duplicate_ok:
+            console.print(f"[yellow]{out}: {index.duplicate_ok} pair(s) have more than one successful record; "
+                          "readers keep the last (see latest_records)")
 
-    # planning pass: validate tasks, count what is left (streams the file; keeps nothing)
-    check = _task_checker()
-    for q in _questions(cfg):
-        check(q)
-        for s in specs:
-            summary.pairs_total += 1
-            k = (q.id, s.id)
-            if k in index.ok:
-                summary.already_done += 1
-            else:
-                summary.planned += 1
-                summary.errored_before += k in index.errored
+        # planning pass: validate tasks, count what is left (streams the file; keeps nothing)
+        check = _task_checker()
+        for q in _questions(cfg):
+            check(q)
+            for s in specs:
+                summary.pairs_total += 1
+                k = (q.id, s.id)
+                if k in index.ok:
+                    summary.already_done += 1
+                else:
+                    summary.planned += 1
+                    summary.errored_before += k in index.errored
+        writer = RecordWriter(out, fsync_every=1 << 60)  # flushed per line; fsync'ed below, off the event loop
+    except BaseException:
+        os.close(sync_fd)
+        raise
 
     sampling = cfg.sampling()
     policy = RetryPolicy(max_retries=cfg.max_retries, base_delay_s=cfg.retry_base_delay_s,
@@ -544,9 +567,7 @@ async def arun_cache(
     scheduled = 0
     done = 0
 
-    writer = RecordWriter(out, fsync_every=1 << 60)  # flushed per line; fsync'ed below, off the event loop
     prog = _Progress(console, summary.planned, progress)
-    sync_fd = os.open(out, os.O_RDONLY)
 
     async def fsync_periodically() -> None:
         # an fsync takes milliseconds and would stall every in-flight call if done on the event loop
