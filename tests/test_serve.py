@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -43,7 +44,7 @@ class KeywordRouter(BaseRouter):
         self.invalid = invalid
         self.batches: list[int] = []
         self.queries: list[str] = []
-        self.taus: list[float | None] = []
+        self.taus: list[float | None] = []  # the first batch of every server is its start-up warm-up
 
     def route_batch(self, queries, offered, tau=None):
         self.batches.append(len(queries))
@@ -130,6 +131,7 @@ def serve(up, router=None, pool=None, **settings) -> LiveServer:
                                  settings=ServeSettings(**settings)))
 
 
+TRANSPORTS = pytest.mark.parametrize("transport", ["auto", "litellm"])  # direct (aiohttp) path and litellm path
 USER = [{"role": "user", "content": "What is 2+2?"}]
 HARD = [{"role": "user", "content": "A hard problem: what is 2+2?"}]
 
@@ -137,8 +139,9 @@ HARD = [{"role": "user", "content": "A hard problem: what is 2+2?"}]
 # ---- the happy path ------------------------------------------------------------------------------------------------
 
 
-def test_router_choice_answer_metadata_and_headers(up):
-    with serve(up) as srv:
+@TRANSPORTS
+def test_router_choice_answer_metadata_and_headers(up, transport):
+    with serve(up, upstream_transport=transport) as srv:
         client = srv.client()
         raw = client.chat.completions.with_raw_response.create(model="router", messages=HARD, max_tokens=50)
         r = raw.parse()
@@ -185,7 +188,7 @@ def test_bypass_names_a_pool_model(up):
         assert r.model == "mid" and r.choices[0].message.content == ANSWERS["mid"]
         md = r.router_metadata
         assert md["routing_strategy"] == "bypass" and md["candidates"] == [] and len(md["call_history"]) == 1
-    assert router.batches == []  # the router was not asked
+    assert router.batches == [1] and router.queries[0].startswith("warm-up")  # only the start-up warm-up
 
 
 def test_router_sees_the_documented_conversation_summary(up):
@@ -197,7 +200,7 @@ def test_router_sees_the_documented_conversation_summary(up):
     with serve(up, router=router) as srv:
         r = srv.client().chat.completions.create(model="router", messages=convo)
     assert r.model == "strong"
-    (q,) = router.queries
+    warm, q = router.queries
     assert q.endswith("Now the hard part: 2+2?") and "Earlier conversation" in q
     assert "SYSTEM SECRET PROMPT" not in q and "x" * 300 not in q  # earlier turns are cut to 300 characters
 
@@ -226,9 +229,10 @@ def test_router_factory_and_health_for_a_missing_pool_file(up, tmp_path):
 # ---- faults ---------------------------------------------------------------------------------------------------------
 
 
-def test_fallback_on_provider_error_and_on_hang(up):
+@TRANSPORTS
+def test_fallback_on_provider_error_and_on_hang(up, transport):
     up.control(script={"strong": ["500"], "mid": ["hang"]})
-    with serve(up, upstream_timeout_s=1.0) as srv:
+    with serve(up, upstream_timeout_s=1.0, upstream_transport=transport) as srv:
         t = time.perf_counter()
         r = srv.client().chat.completions.create(model="router", messages=HARD)
         took = time.perf_counter() - t
@@ -241,9 +245,10 @@ def test_fallback_on_provider_error_and_on_hang(up):
     assert 1.0 <= took < 4.0
 
 
-def test_every_try_fails_gives_502_with_the_call_history(up):
+@TRANSPORTS
+def test_every_try_fails_gives_502_with_the_call_history(up, transport):
     up.control(script={m: ["500", "500"] for m in MODELS})
-    with serve(up, max_fallback_tries=2) as srv:
+    with serve(up, max_fallback_tries=2, upstream_transport=transport) as srv:
         with pytest.raises(openai.APIStatusError) as ei:
             srv.client().chat.completions.create(model="router", messages=HARD)
     e = ei.value
@@ -255,9 +260,10 @@ def test_every_try_fails_gives_502_with_the_call_history(up):
     assert up.stats()["by_model"] == {"strong": 1, "mid": 1}
 
 
-def test_all_timeouts_give_504(up):
+@TRANSPORTS
+def test_all_timeouts_give_504(up, transport):
     up.control(script={"cheap": ["hang"]})
-    with serve(up, upstream_timeout_s=0.5) as srv:
+    with serve(up, upstream_timeout_s=0.5, upstream_transport=transport) as srv:
         with pytest.raises(openai.APIStatusError) as ei:
             srv.client().chat.completions.create(model="cheap", messages=USER)
     assert ei.value.status_code == 504 and ei.value.response.json()["error"]["code"] == "upstream_timeout"
@@ -275,8 +281,9 @@ def test_a_failing_router_means_the_default_model(up, router):
 # ---- streaming ------------------------------------------------------------------------------------------------------
 
 
-def test_streaming_chunks_and_metadata_in_the_last_chunk(up):
-    with serve(up) as srv:
+@TRANSPORTS
+def test_streaming_chunks_and_metadata_in_the_last_chunk(up, transport):
+    with serve(up, upstream_transport=transport) as srv:
         chunks = list(srv.client().chat.completions.create(model="router", messages=HARD, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWERS["strong"]
@@ -290,9 +297,10 @@ def test_streaming_chunks_and_metadata_in_the_last_chunk(up):
     assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
 
 
-def test_streaming_falls_back_before_the_first_token(up):
+@TRANSPORTS
+def test_streaming_falls_back_before_the_first_token(up, transport):
     up.control(script={"strong": ["500"]})
-    with serve(up) as srv:
+    with serve(up, upstream_transport=transport) as srv:
         resp = httpx.post(srv.url + "/v1/chat/completions", json={"model": "router", "messages": HARD, "stream": True},
                           timeout=10)
     assert resp.status_code == 200 and resp.headers["x-router-model"] == "mid"
@@ -428,7 +436,8 @@ class EchoKeyUpstream:
         self.live.__exit__(*exc)
 
 
-def test_provider_keys_are_never_echoed_or_logged(up, monkeypatch, caplog):
+@TRANSPORTS
+def test_provider_keys_are_never_echoed_or_logged(up, monkeypatch, caplog, transport):
     secret = "prov-K3Y-9f8e7d6c5b4a"
     monkeypatch.setenv("XR_TEST_PROVIDER_KEY", secret)
     with EchoKeyUpstream() as leaky:
@@ -438,7 +447,7 @@ def test_provider_keys_are_never_echoed_or_logged(up, monkeypatch, caplog):
                              context_window=8192, max_output_tokens=1024)
         pool = Pool(specs)
         caplog.set_level(logging.DEBUG)
-        with serve(up, pool=pool) as srv:
+        with serve(up, pool=pool, upstream_transport=transport) as srv:
             r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "router", "messages": USER}, timeout=10)
             assert r.status_code == 200  # fell back from cheap to the next candidate
             hist = r.json()["router_metadata"]["call_history"]
@@ -479,7 +488,8 @@ def test_concurrent_decisions_are_batched_and_a_slow_upstream_blocks_nobody(up):
     with serve(up, router=router, max_router_batch=16, batch_window_ms=20) as srv:
         rs, fast, health_s = asyncio.run(go(srv.url))
     assert all(r.model == "cheap" for r in rs)
-    assert sum(router.batches) == 12 and len(router.batches) <= 3 and max(router.batches) >= 6
+    batches = router.batches[1:]  # after the start-up warm-up decision
+    assert sum(batches) == 12 and len(batches) <= 3 and max(batches) >= 6
     assert fast < 2.0 and health_s < 0.5  # while the 3 s upstream call is still running
 
 
@@ -497,3 +507,97 @@ def test_full_router_queue_answers_503_with_retry_after(up):
     assert 200 in codes and 503 in codes, codes
     rejected = next(r for r in rs if r.status_code == 503)
     assert rejected.headers["retry-after"] == "1" and rejected.json()["error"]["code"] == "overloaded"
+
+
+# ---- the real router ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_adapter(tmp_path_factory):
+    """A freshly initialised LoRA adapter on the real SmolLM2-135M (peft's default init), saved like training does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xrouter_lite.assets import smollm2_path
+
+    base = str(smollm2_path())
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    d = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(str(d))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(d))
+    return d
+
+
+@pytest.mark.slow
+def test_real_lora_router_through_the_cli(up, fresh_adapter, tmp_path):
+    """`xrouter-lite serve` with a real LoRA adapter on SmolLM2 (CPU): the router scores every offered model,
+    router-<tau> moves the choice to the cheapest, and Ctrl-C stops the server cleanly."""
+    import math
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump({"models": {
+        m: {"litellm_model": f"openai/{m}", "api_base": up.base_url, "input_price": PRICES[m][0],
+            "output_price": PRICES[m][1], "context_window": 8192, "max_output_tokens": 1024} for m in MODELS}}))
+    port = _free_port()
+    env = {**__import__("os").environ, "XROUTER_API_KEY": "tok-123456", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xrouter_lite.cli", "serve", "--adapter", str(fresh_adapter), "--pool", str(pool_file),
+         "--port", str(port), "--device", "cpu", "--log-level", "warning", "--router-timeout-s", "120"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="tok-123456", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="router", messages=HARD)
+        r = raw.parse()
+        md = r.router_metadata
+        assert r.model in MODELS and md["routing_strategy"] == "delegate_to_model"
+        assert sorted(c["model_id"] for c in md["candidates"]) == sorted(MODELS)
+        assert all(c["score"] < 0 and math.isfinite(c["score"]) for c in md["candidates"])  # log-probabilities
+        assert float(raw.headers["x-router-decision-ms"]) > 0
+        print("decision ms (CPU, 4 offered):", raw.headers["x-router-decision-ms"])
+        r = client.chat.completions.create(model="router-1000", messages=HARD)
+        assert r.model == "cheap"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), out
+    assert "Traceback" not in out and "tok-123456" not in out
+
+
+def test_overhead_benchmark_runs_and_reports(tmp_path):
+    """bench/serve_overhead.py end to end, kept short (the recorded figures use 50 clients for 30 s)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(root / "bench" / "serve_overhead.py"), "--seconds", "1", "--clients", "4",
+                        "--warmup-s", "0.2", "--latency-ms", "20", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "added excluding the decision" in p.stdout and "not measured" in p.stdout
+    rep = json.loads(out.read_text())
+    assert rep["failed"] == 0 and rep["direct"]["requests"] > 0 and rep["routed"]["requests"] > 0
+    assert rep["router_decision"] is None
+    for k in ("added_p50_ms", "added_p99_ms", "added_excl_decision_p50_ms", "decision_p50_ms"):
+        assert isinstance(rep[k], float)

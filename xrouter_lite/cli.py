@@ -269,6 +269,11 @@ def serve_cmd(
         None, "--config", "-c", help="Serve config YAML (see configs/serve.yaml); the options here override it."
     ),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model of the adapter (default: the adapter's record)."),
+    router_mode: Optional[str] = typer.Option(
+        None, "--router-mode", help="score (every offered model's log-prob; supports router-<tau>) or generate (default: score)."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="Router device, e.g. cuda or cpu (default: cuda when available)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (4-bit on CUDA), 4bit or none (default: auto)."),
     default_model: Optional[str] = typer.Option(
         None, "--default-model", help="Model used when the router fails (default: the cheapest offered model)."
     ),
@@ -307,7 +312,8 @@ def serve_cmd(
     from .serve import ServeSettings, run_server
 
     overrides = dict(
-        adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, default_model=default_model, tau=tau,
+        adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, router_mode=router_mode, device=device,
+        quantize=quantize, default_model=default_model, tau=tau,
         api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
         server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
         max_body_bytes=max_body_bytes, max_router_batch=max_router_batch, batch_window_ms=batch_window_ms,

@@ -88,7 +88,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from starlette.requests import Request  # module level: FastAPI resolves the handlers' annotations here
@@ -121,6 +121,10 @@ class ServeSettings(BaseModel):
 
     adapter: Path | None = Field(None, description="LoRA adapter folder of the trained router")
     base_model: str | None = Field(None, description="Base model of the adapter (default: the adapter's own record)")
+    router_mode: Literal["score", "generate"] = Field(
+        "score", description="score: every offered action's log-prob (supports tau); generate: decode the call")
+    device: str | None = Field(None, description="Router device (default: cuda when available, else cpu)")
+    quantize: Literal["auto", "4bit", "none"] = Field("auto", description="auto: 4-bit NF4 on CUDA, none on CPU")
     pool: Path = Field(Path("configs/pool.yaml"), description="Pool YAML: the models that can answer")
     offered: list[str] | None = Field(None, description="Models offered to the router by default (default: all)")
     default_model: str | None = Field(None, description="Used when the router fails (default: cheapest offered)")
@@ -131,6 +135,8 @@ class ServeSettings(BaseModel):
     expected_output_tokens: int = Field(512, ge=1, description="Output tokens assumed when max_tokens is unset")
     upstream_timeout_s: float = Field(60.0, gt=0, description="Time-out of every upstream call (streams: per chunk)")
     upstream_max_retries: int = Field(0, ge=0, description="Retries of one model before falling back to the next")
+    upstream_transport: Literal["auto", "litellm"] = Field(
+        "auto", description="auto: OpenAI-compatible api_base endpoints direct (aiohttp), the rest via litellm")
     router_timeout_s: float = Field(10.0, gt=0, description="A decision slower than this means the default model")
     api_key: SecretStr | None = Field(None, description="Bearer token clients must send (None: no auth)")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413")
@@ -283,7 +289,11 @@ class DecisionBatcher:
     worker task takes the first waiting request, then everything that arrives within ``window_s`` (at most
     ``max_batch``), and runs ``router.route_batch`` in a dedicated single thread (one model, one forward pass at a
     time), so the event loop stays free while the model works. A router exception fails that batch's requests
-    (their callers fall back to the default model)."""
+    (their callers fall back to the default model).
+
+    A router whose decisions cost microseconds (a rule, a constant) may set the attribute ``inline_ok = True``:
+    it is then called on the event loop with no batch window, which saves the thread hand-off (~0.1-1 ms and
+    GIL contention) and the wait."""
 
     def __init__(self, router: BaseRouter, max_batch: int = 16, window_s: float = 0.002, max_queue: int = 256):
         self.router = router
@@ -291,6 +301,9 @@ class DecisionBatcher:
         self.window_s = window_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrouter-router")
+        self.inline = bool(getattr(router, "inline_ok", False))
+        if self.inline:
+            self.window_s = 0.0  # nothing to gain from batching a rule
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.decisions = 0
@@ -313,6 +326,19 @@ class DecisionBatcher:
             if not p.future.done():
                 p.future.set_exception(RuntimeError("server shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def warm_up(self, offered: list[ModelSpec]) -> None:
+        """One throw-away decision before serving (the first forward pass of a model is the slowest: lazy CUDA and
+        kernel set-up), so that no request pays for it. A failure is logged, not fatal."""
+        if self.inline:
+            return
+        t0 = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.router.route_batch, ["warm-up: what is 2+2?"], [list(offered)], None)
+            log.info("router warm-up decision took %.2f s", time.perf_counter() - t0)
+        except Exception as e:
+            log.warning("router warm-up failed (%s); requests will fall back if it keeps failing", type(e).__name__)
 
     async def decide(self, query: str, offered: list[ModelSpec], tau: float | None) -> Decision:
         loop = asyncio.get_running_loop()
@@ -347,9 +373,11 @@ class DecisionBatcher:
                 groups.setdefault(p.tau, []).append(p)
             for tau, items in groups.items():
                 try:
-                    decisions = await loop.run_in_executor(
-                        self._executor, self.router.route_batch, [p.query for p in items], [p.offered for p in items], tau
-                    )
+                    args = ([p.query for p in items], [p.offered for p in items], tau)
+                    if self.inline:
+                        decisions = self.router.route_batch(*args)
+                    else:
+                        decisions = await loop.run_in_executor(self._executor, self.router.route_batch, *args)
                     if len(decisions) != len(items):
                         raise RuntimeError(f"route_batch returned {len(decisions)} decisions for {len(items)} queries")
                 except asyncio.CancelledError:
@@ -434,17 +462,42 @@ class StreamPiece:
 
 
 class UpstreamStream:
-    """One streamed answer from a pool model through litellm (``stream=True``), with a time-out on the first chunk
-    and between chunks. ``open()`` waits for the first chunk, so a failure before any token can fall back."""
+    """One streamed answer, with a time-out on the first chunk and between chunks. ``open()`` waits for the first
+    chunk, so a failure before any token can still fall back to another model."""
 
     def __init__(self, spec: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any], timeout_s: float):
         self.spec = spec
         self.messages = messages
         self.params = params
         self.timeout_s = timeout_s
-        self._it = None
         self._first: list[StreamPiece] = []
-        self._resp = None
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def _next(self) -> list[StreamPiece] | None:
+        """The pieces of the next chunk; None at the end."""
+        raise NotImplementedError
+
+    async def pieces(self) -> AsyncIterator[StreamPiece]:
+        for p in self._first:
+            yield p
+        while True:
+            got = await asyncio.wait_for(self._next(), self.timeout_s)
+            if got is None:
+                return
+            for p in got:
+                yield p
+
+    async def aclose(self) -> None:
+        pass
+
+
+class LiteLLMStream(UpstreamStream):
+    """A stream through ``litellm.acompletion(stream=True)`` (any provider litellm knows)."""
+
+    _resp = None
+    _it = None
 
     async def open(self) -> None:
         from . import llm
@@ -463,35 +516,23 @@ class UpstreamStream:
         )
         self._resp = await asyncio.wait_for(coro, self.timeout_s)
         self._it = self._resp.__aiter__()
-        chunk = await asyncio.wait_for(self._it.__anext__(), self.timeout_s)
-        self._first = self._pieces(chunk)
+        self._first = await asyncio.wait_for(self._next(), self.timeout_s) or []
 
-    @staticmethod
-    def _pieces(chunk: Any) -> list[StreamPiece]:
+    async def _next(self) -> list[StreamPiece] | None:
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            return None
         out = []
-        usage = getattr(chunk, "usage", None)
         for ch in getattr(chunk, "choices", None) or []:
             delta = getattr(ch, "delta", None)
-            out.append(StreamPiece(
-                content=getattr(delta, "content", None) if delta is not None else None,
-                role=getattr(delta, "role", None) if delta is not None else None,
-                finish_reason=getattr(ch, "finish_reason", None),
-            ))
+            out.append(StreamPiece(content=getattr(delta, "content", None) if delta is not None else None,
+                                   finish_reason=getattr(ch, "finish_reason", None)))
+        usage = getattr(chunk, "usage", None)
         if usage is not None:
             out.append(StreamPiece(prompt_tokens=getattr(usage, "prompt_tokens", None),
                                    completion_tokens=getattr(usage, "completion_tokens", None)))
         return out
-
-    async def pieces(self) -> AsyncIterator[StreamPiece]:
-        for p in self._first:
-            yield p
-        while True:
-            try:
-                chunk = await asyncio.wait_for(self._it.__anext__(), self.timeout_s)
-            except StopAsyncIteration:
-                return
-            for p in self._pieces(chunk):
-                yield p
 
     async def aclose(self) -> None:
         close = getattr(self._resp, "aclose", None)
@@ -500,6 +541,173 @@ class UpstreamStream:
                 await close()
             except Exception:
                 pass
+
+
+# ---- the direct path for OpenAI-compatible endpoints ------------------------------------------------------------
+
+DIRECT_PREFIXES = ("openai/",)
+
+
+def is_openai_compatible(spec: ModelSpec) -> bool:
+    """An OpenAI-protocol endpoint of our own choosing: ``openai/<name>`` with an ``api_base`` (vLLM, Ollama's /v1,
+    llama.cpp, LM Studio, the fake upstream). Only these take the direct path; everything else goes through
+    litellm."""
+    return bool(spec.api_base) and spec.litellm_model.startswith(DIRECT_PREFIXES) and not spec.hf_model
+
+
+def _upstream_error(spec: ModelSpec, status: int, raw: bytes) -> Exception:
+    from .llm import LLMCallError
+
+    try:
+        err = json.loads(raw).get("error")
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+    except Exception:
+        msg = raw[:300].decode("utf-8", "replace")
+    retryable = status in (408, 409, 429) or status >= 500
+    return LLMCallError(f"model {spec.id!r} ({spec.litellm_model}): HTTP {status}: {msg}"[:2000], model_id=spec.id,
+                        status=status, retryable=retryable)
+
+
+class DirectTransport:
+    """Calls OpenAI-compatible endpoints with one shared aiohttp session (keep-alive connections), the same request
+    rules as ``llm.acall_model`` (``build_request_params``, keys from ``api_key_env`` or a placeholder, cost from
+    the pool's prices and the reported usage), a time-out on every call, and error messages scrubbed of keys.
+
+    Why not litellm here: its per-call CPU cost (~7 ms on the 2-core sandbox against ~0.3 ms for aiohttp, see
+    docs/BENCHMARKS.md "Serving overhead") saturates one core at a few hundred requests/s, which turns into
+    queueing latency for every request. Providers that are not plain OpenAI-protocol endpoints keep litellm."""
+
+    def __init__(self, max_connections: int = 512):
+        self.max_connections = max_connections
+        self._session = None
+
+    def session(self):
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30),
+                json_serialize=json.dumps,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    @staticmethod
+    def _request(spec: ModelSpec, messages, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+        from . import llm
+
+        body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages,
+                **llm.build_request_params(spec, params)}
+        key = llm._api_key(spec)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return spec.api_base.rstrip("/") + "/chat/completions", body, headers
+
+    async def complete(self, spec: ModelSpec, messages, params: dict[str, Any], timeout_s: float,
+                       max_retries: int = 0):
+        import aiohttp
+
+        from .llm import CallMetadata, LLMCallError, RetryPolicy, classify_exception
+
+        url, body, headers = self._request(spec, messages, params)
+        policy = RetryPolicy(max_retries=max_retries)
+        t0 = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.session().post(url, json=body, headers=headers,
+                                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                    raw = await r.read()
+                    status = r.status
+                if status != 200:
+                    raise _upstream_error(spec, status, raw)
+                data = json.loads(raw)
+                choice = (data.get("choices") or [None])[0]
+                if not isinstance(choice, dict):
+                    raise LLMCallError(f"model {spec.id!r}: the provider returned no choices", model_id=spec.id,
+                                       status=502, retryable=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                retryable, status, _ = classify_exception(e)
+                if isinstance(e, json.JSONDecodeError):
+                    retryable, status = True, 502
+                if retryable and attempt <= policy.max_retries:
+                    await asyncio.sleep(policy.delay(attempt - 1))
+                    continue
+                if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+                    raise
+                if isinstance(e, LLMCallError):
+                    raise
+                raise LLMCallError(f"model {spec.id!r} ({spec.litellm_model}): {type(e).__name__}: {e}"[:2000],
+                                   model_id=spec.id, status=status, retryable=retryable) from None
+            text = (choice.get("message") or {}).get("content") or ""
+            usage = data.get("usage") or {}
+            in_tok, out_tok = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            estimated = in_tok is None or out_tok is None
+            in_tok = int(in_tok) if in_tok is not None else estimate_prompt_tokens(messages)
+            out_tok = int(out_tok) if out_tok is not None else max(1, len(text) // 4)
+            return text, CallMetadata(
+                model_id=spec.id, input_tokens=in_tok, output_tokens=out_tok, cost=spec.cost(in_tok, out_tok),
+                latency_s=time.perf_counter() - t0, provider=spec.provider_name, attempts=attempt,
+                finish_reason=choice.get("finish_reason"), usage_estimated=estimated)
+
+    def stream(self, spec: ModelSpec, messages, params: dict[str, Any], timeout_s: float) -> UpstreamStream:
+        return DirectStream(self, spec, messages, params, timeout_s)
+
+
+class DirectStream(UpstreamStream):
+    """Server-sent events from an OpenAI-compatible endpoint, read line by line."""
+
+    def __init__(self, transport: DirectTransport, *a: Any):
+        super().__init__(*a)
+        self.transport = transport
+        self._resp = None
+
+    async def open(self) -> None:
+        import aiohttp
+
+        url, body, headers = self.transport._request(self.spec, self.messages, self.params)
+        body.update(stream=True, stream_options={"include_usage": True})
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+        self._resp = await asyncio.wait_for(
+            self.transport.session().post(url, json=body, headers=headers, timeout=timeout), self.timeout_s)
+        if self._resp.status != 200:
+            raw = await asyncio.wait_for(self._resp.read(), self.timeout_s)
+            raise _upstream_error(self.spec, self._resp.status, raw)
+        self._first = await asyncio.wait_for(self._next(), self.timeout_s) or []
+
+    async def _next(self) -> list[StreamPiece] | None:
+        while True:
+            line = await self._resp.content.readline()
+            if not line:
+                return None
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return None
+            try:
+                obj = json.loads(payload)
+            except json.JSONDecodeError:
+                raise RuntimeError(f"model {self.spec.id!r}: malformed stream chunk") from None
+            if "error" in obj:
+                raise _upstream_error(self.spec, 502, payload)
+            out = [StreamPiece(content=(c.get("delta") or {}).get("content"), finish_reason=c.get("finish_reason"))
+                   for c in obj.get("choices") or []]
+            u = obj.get("usage")
+            if u:
+                out.append(StreamPiece(prompt_tokens=u.get("prompt_tokens"), completion_tokens=u.get("completion_tokens")))
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        if self._resp is not None:
+            self._resp.release()
 
 
 def _describe_error(e: BaseException, timeout_s: float, scrub: Scrubber) -> tuple[str, bool]:
@@ -544,6 +752,7 @@ class RouterServer:
         self.ledger = BudgetLedger(settings.server_budget_usd)
         self.scrub = Scrubber(pool, [settings.api_key.get_secret_value()] if settings.api_key else [])
         self.inflight = 0
+        self.direct = DirectTransport(settings.max_inflight)
         self.counts = {"requests": 0, "errors": 0, "fallbacks": 0, "router_failures": 0}
         offered = settings.offered or pool.ids
         unknown = [m for m in offered if m not in pool]
@@ -556,17 +765,25 @@ class RouterServer:
 
     # lifecycle
     async def startup(self) -> None:
+        if any(not self.use_direct(m) and not m.hf_model for m in self.pool):
+            # importing litellm takes seconds: at start-up, not on the first request
+            await asyncio.to_thread(_warm_litellm, self.pool)
         if self.router is None:
             t0 = time.perf_counter()
             self.router = await asyncio.to_thread(self.router_factory, self.settings, self.pool)
             log.info("router %s loaded in %.1f s", getattr(self.router, "name", "?"), time.perf_counter() - t0)
         s = self.settings
         self.batcher = DecisionBatcher(self.router, s.max_router_batch, s.batch_window_ms / 1000.0, s.max_router_queue)
+        await self.batcher.warm_up(self.default_offered)
         self.batcher.start()
 
     async def shutdown(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        await self.direct.close()
+
+    def use_direct(self, spec: ModelSpec) -> bool:
+        return self.settings.upstream_transport == "auto" and is_openai_compatible(spec)
 
     # helpers
     def check_auth(self, request) -> None:
@@ -641,6 +858,10 @@ class RouterServer:
             if not math.isfinite(tau):
                 raise ApiError(400, f"model {name!r}: the cost knob after 'router-' must be a finite number, "
                                f"e.g. 'router-0.5'", param="model", code="invalid_model")
+            if getattr(self.router, "mode", "score") == "generate":
+                raise ApiError(400, f"model {name!r}: this server's router decodes its answer (mode 'generate'), "
+                               "which has no cost knob; use model 'router' (or serve with router_mode 'score')",
+                               param="model", code="invalid_model")
             return "route", tau, None
         if name in self.pool:
             return "bypass", None, self.pool.get(name)
@@ -772,11 +993,13 @@ class RouterServer:
             rec = CallRecord(spec.id)
             t = time.perf_counter()
             try:
-                text, meta = await asyncio.wait_for(
-                    acall_model(spec, messages, params, pool=self.pool, timeout_s=s.upstream_timeout_s,
-                                max_retries=s.upstream_max_retries),
-                    s.upstream_timeout_s * (s.upstream_max_retries + 1) + 10.0,
-                )
+                if self.use_direct(spec):
+                    call = self.direct.complete(spec, messages, params, s.upstream_timeout_s, s.upstream_max_retries)
+                else:
+                    call = acall_model(spec, messages, params, pool=self.pool, timeout_s=s.upstream_timeout_s,
+                                       max_retries=s.upstream_max_retries)
+                # a hard guard over the per-attempt time-outs (retry back-off included)
+                text, meta = await asyncio.wait_for(call, (s.upstream_timeout_s + 30.0) * (s.upstream_max_retries + 1))
             except asyncio.CancelledError:
                 self.ledger.settle(est, 0.0)
                 raise
@@ -815,7 +1038,10 @@ class RouterServer:
                 continue
             self.ledger.reserve(est)
             rec = CallRecord(spec.id)
-            st = UpstreamStream(spec, messages, params, s.upstream_timeout_s)
+            if self.use_direct(spec):
+                st = self.direct.stream(spec, messages, params, s.upstream_timeout_s)
+            else:
+                st = LiteLLMStream(spec, messages, params, s.upstream_timeout_s)
             try:
                 await st.open()
             except asyncio.CancelledError:
@@ -832,6 +1058,15 @@ class RouterServer:
             calls.append(rec)
             return st, est, calls
         return None, 0.0, calls
+
+
+def _warm_litellm(pool: Pool) -> None:
+    from . import llm
+
+    litellm = llm.configure_litellm()
+    for spec in pool:
+        if not spec.hf_model:
+            llm._register_prices(litellm, spec)
 
 
 def _num(x: Any) -> float | None:
@@ -1070,26 +1305,20 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
 
 
 def load_router(settings: ServeSettings, pool: Pool) -> BaseRouter:
-    """The trained LoRA router from ``settings.adapter`` (``router.LoRARouter``)."""
+    """The trained LoRA router (``router.LoRARouter``) from ``settings.adapter``, loaded once."""
     if settings.adapter is None:
         raise ValueError("no --adapter given: the server needs a trained router adapter folder")
-    if not Path(settings.adapter).exists():
+    if not Path(settings.adapter).is_dir():
         raise ValueError(f"adapter folder not found: {settings.adapter}")
-    from . import router as router_mod
+    if not (Path(settings.adapter) / "adapter_config.json").exists():
+        raise ValueError(f"{settings.adapter}: no adapter_config.json (not a LoRA adapter folder)")
+    from .router import LoRARouter
 
-    cls = getattr(router_mod, "LoRARouter", None)
-    if cls is None:
-        raise RuntimeError("this build has no LoRARouter (router.py); cannot load an adapter")
-    kw: dict[str, Any] = {}
-    if settings.base_model:
-        kw["base_model"] = settings.base_model
-    if settings.tau is not None:
-        kw["tau"] = settings.tau
-    if settings.default_model:
-        kw["default_model"] = settings.default_model
-    if hasattr(cls, "from_pretrained"):
-        return cls.from_pretrained(str(settings.adapter), **kw)
-    return cls(str(settings.adapter), **kw)
+    return LoRARouter(
+        base_model=settings.base_model, adapter_dir=settings.adapter, mode=settings.router_mode,
+        default_model=settings.default_model, device=settings.device, quantize=settings.quantize,
+        batch_size=settings.max_router_batch, tau=settings.tau or 0.0,
+    )
 
 
 def run_server(settings: ServeSettings, router: BaseRouter | None = None) -> None:
