@@ -254,6 +254,88 @@ def pairs_cmd(
 
 # ---- stage 4: evaluation (evaluate.py) ---------------------------------------------------------------------------
 
+
+@app.command("eval")
+def eval_cmd(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Eval config YAML (see configs/eval.yaml); the options below override it."
+    ),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder of the router (omit: baselines only)."),
+    extra_adapter: Optional[list[str]] = typer.Option(
+        None, "--extra-adapter", help="LABEL=FOLDER: another adapter (e.g. another lambda), one more curve. Repeatable."
+    ),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model (default: the adapter's own record)."),
+    test_cache: Optional[str] = typer.Option(None, "--test-cache", help="Held-out prompts' cache rows (test_cache.jsonl)."),
+    train_cache: Optional[str] = typer.Option(
+        None, "--train-cache", help="Training cache: for best-single, kNN and the cost vector of tau."
+    ),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Pool YAML (default: configs/pool_routerbench.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/eval)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="score (one pass, tau curve) or generate (greedy tool call)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Cost knob of the headline figures (default: 0)."),
+    taus: Optional[str] = typer.Option(None, "--taus", help="Comma-separated tau sweep for the curves."),
+    baselines: Optional[str] = typer.Option(
+        None, "--baselines", help="Comma-separated subset of single,random,oracle,best_single,knn (default: all)."
+    ),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Evaluate a seeded sample of this many prompts."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Router decisions per forward pass (default: 8)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (4-bit on CUDA), 4bit or none."),
+    cost_source: Optional[str] = typer.Option(
+        None, "--cost-source", help="Cost of tau: train (mean recorded cost per query) or pool (prices)."
+    ),
+    default_model: Optional[str] = typer.Option(None, "--default-model", help="Fallback for invalid actions (default: cheapest)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random baseline and of --max-queries (default: 0)."),
+    online: bool = typer.Option(False, "--online", help="Call the chosen models for real and grade their answers."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Do not draw curve.png."),
+) -> None:
+    """Evaluate the trained router against baselines: accuracy, total cost, curves (report.json/.md, curve.png)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .evaluate import EvalConfig, evaluate, load_config
+
+    extra = None
+    if extra_adapter:
+        extra = {}
+        for item in extra_adapter:
+            if "=" not in item:
+                typer.echo(f"error: --extra-adapter wants LABEL=FOLDER, got {item!r}", err=True)
+                raise typer.Exit(2)
+            k, v = item.split("=", 1)
+            extra[k] = v
+    overrides = dict(
+        adapter=adapter, extra_adapters=extra, base_model=base_model, test_cache=test_cache, train_cache=train_cache,
+        pool=pool, out_dir=out, mode=mode, tau=tau, max_queries=max_queries, batch_size=batch_size, device=device,
+        quantize=quantize, cost_source=cost_source, default_model=default_model, seed=seed,
+        online=True if online else None, plot=False if no_plot else None,
+        taus=[float(x) for x in taus.split(",") if x.strip()] if taus else None,
+        baselines=[x.strip() for x in baselines.split(",") if x.strip()] if baselines is not None else None,
+    )
+    try:
+        if config:
+            cfg = load_config(config, **overrides)
+        else:
+            if test_cache is None:
+                typer.echo("error: give --test-cache (or --config)", err=True)
+                raise typer.Exit(2)
+            cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        rep = evaluate(cfg, log=lambda m: typer.echo(m, err=True))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: decisions.jsonl keeps the decisions made so far; no report written", err=True)
+        raise typer.Exit(130) from None
+    typer.echo((Path(cfg.out_dir) / "report.md").read_text(encoding="utf-8"))
+    if rep.get("router") and rep["router"].get("invalid_actions"):
+        typer.echo(f"note: {rep['router']['invalid_actions']} invalid router action(s) fell back to the default model", err=True)
+
 # ---- serving (serve.py) ------------------------------------------------------------------------------------------
 
 

@@ -364,6 +364,7 @@ class KNNRouter(CostAwareRouter):
         embedder_path: str | Path | None = None,
         device: str | None = None,
         embed_batch_size: int = 64,
+        max_seq_length: int | None = None,
         **kw,
     ):
         import numpy as np
@@ -375,6 +376,8 @@ class KNNRouter(CostAwareRouter):
         self.k = k
         self.embed_batch_size = embed_batch_size
         self.encoder = SentenceTransformer(str(embedder_path or minilm_path()), device=device or "cpu")
+        if max_seq_length:  # default: the model's own (256 word pieces for all-MiniLM-L6-v2)
+            self.encoder.max_seq_length = max_seq_length
         prompts, rows = [], []
         for p in train:
             prompts.append(p.prompt)
