@@ -2,21 +2,25 @@
 
     python bench/serve_overhead.py                      # 50 clients, 30 s per phase, 100 ms upstream
     python bench/serve_overhead.py --seconds 5 --clients 10 --json out.json
+    python bench/serve_overhead.py --router random-lora --decision random-lora   # a LoRA router's real cost (GPU)
 
 Three processes on 127.0.0.1: the fake OpenAI-protocol upstream (``FakeUpstream``, fixed latency), the routing
-server (``create_app`` + uvicorn, with a trivial constant router so the routing decision costs ~nothing; the
-decision time the server measures, queueing and batching included, is read from the ``x-router-decision-ms``
-header and reported separately) and this load generator: ``--clients`` concurrent httpx async clients, each
-sending its next request as soon as the last one answered (aiohttp; ``--client httpx`` shows why not httpx), for ``--seconds``, first directly against the
-upstream, then through the server (``model="router"``: decision, litellm call, router_metadata).
+server (``create_app`` + uvicorn; pool: the first ``--offered`` models of configs/pool.yaml, all pointed at the
+fake upstream) and this load generator: ``--clients`` concurrent aiohttp clients (``--client httpx`` shows why not
+httpx), each sending its next request as soon as the last one answered, for ``--seconds``, first directly against
+the upstream, then through the server (``model="router"``: decision, upstream call, router_metadata).
 
-Reported: requests/s, p50/p99 latency of each phase, the added latency (server percentile minus direct
-percentile), the same with each request's decision time subtracted, and failed requests. The target is <= 5 ms
-p50 added and no failure.
+By default the server's router is a constant (``--router constant``), so the routing decision costs ~nothing; the
+decision time the server measures (queueing and batching included) is read from each answer's
+``x-router-decision-ms`` header and reported separately. Reported: requests/s, p50/p99 latency of each phase, the
+added latency (server percentile minus direct percentile), the same with each request's decision time
+subtracted, and failed requests. Target: <= 5 ms p50 added (decision excluded) and no failure.
 
-The real router's decision time (a forward pass of the LoRA router) is measured with ``--adapter DIR`` (or
-``--fresh-lora``: a freshly initialised LoRA adapter on SmolLM2-135M, same cost as a trained one), batch 1 and
-batch ``--batch``, on the GPU when there is one; without either it is not measured and the report says so.
+A LoRA router's decision time is measured in this process with ``--decision``: ``adapter`` (a trained adapter,
+``--adapter DIR``), ``fresh-lora`` (SmolLM2-135M's real weights + a fresh LoRA) or ``random-lora`` (SmolLM2-135M's
+architecture from its config.json with random weights + a fresh LoRA: the same compute, no weights file needed),
+batch 1 and batch ``--batch``, on the GPU when there is one. ``--router random-lora|fresh-lora|adapter`` puts that
+router in the server instead, so the routed phase shows micro-batched real decisions under load.
 """
 
 from __future__ import annotations
@@ -31,44 +35,88 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-QUERY = [{"role": "user", "content": "What is 17 * 23? Answer with the number only."}]
+QUERY = [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                                     "many clips in May. How many clips did Natalia sell altogether in April and May?"}]
 
 
-def _server_main(port: int, upstream_url: str, uv_kw: dict, settings_kw: dict) -> None:
+def bench_pool(upstream_url: str, n: int):
+    """The first ``n`` models of configs/pool.yaml (real names, prices, descriptions: a realistic router prompt),
+    every one answered by the fake upstream."""
+    from xrouter_lite.pool import Pool, load_pool
+
+    ref = list(load_pool(REPO / "configs" / "pool.yaml"))[:n]
+    return Pool([m.model_copy(update={"litellm_model": f"openai/{m.id}", "api_base": upstream_url, "api_key_env": None,
+                                      "reasoning": False, "provider": None})
+                 for m in ref])
+
+
+def build_router(kind: str, adapter: str | None = None, model_dir: str | None = None, batch: int = 16):
+    """``constant`` (a rule, on the event loop) or a LoRA router (see the module docstring)."""
+    from xrouter_lite.router import BaseRouter, Decision
+
+    if kind == "constant":
+        class ConstantRouter(BaseRouter):
+            """Always the first offered model: the routing decision costs (almost) nothing."""
+
+            name = "constant"
+            inline_ok = True  # microseconds per decision: no thread hand-off (see DecisionBatcher)
+
+            def route_batch(self, queries, offered, tau=None):
+                return [Decision(o[0].id, {s.id: (1.0 if i == 0 else 0.0) for i, s in enumerate(o)}) for o in offered]
+
+            def route(self, query, offered, tau=None):
+                return self.route_batch([query], [offered], tau)[0]
+
+        return ConstantRouter()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from xrouter_lite.router import LoRARouter
+
+    cuda = torch.cuda.is_available()
+    if kind == "adapter":
+        if not adapter:
+            raise SystemExit("--router/--decision adapter needs --adapter DIR")
+        return LoRARouter(adapter_dir=adapter, mode="score", batch_size=batch)
+    if model_dir is None:
+        from xrouter_lite.assets import smollm2_path
+
+        model_dir = str(smollm2_path())
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if kind == "fresh-lora":
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    elif kind == "random-lora":
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype)
+    else:
+        raise SystemExit(f"unknown router kind {kind!r}")
+    model = get_peft_model(model.to("cuda" if cuda else "cpu"),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return LoRARouter(model=model, tokenizer=tok, mode="score", batch_size=batch)
+
+
+def _server_main(port: int, upstream_url: str, uv_kw: dict, settings_kw: dict, router_kw: dict, n_offered: int) -> None:
     """The routing server process (spawned)."""
     import logging
 
     import uvicorn
 
-    from xrouter_lite.pool import ModelSpec, Pool
-    from xrouter_lite.router import BaseRouter, Decision
     from xrouter_lite.serve import ServeSettings, create_app
 
-    class ConstantRouter(BaseRouter):
-        """Always the first offered model: the routing decision costs (almost) nothing."""
-
-        name = "constant"
-        inline_ok = True  # microseconds per decision: no thread hand-off (see DecisionBatcher)
-
-        def route_batch(self, queries, offered, tau=None):
-            return [Decision(o[0].id, {s.id: (1.0 if i == 0 else 0.0) for i, s in enumerate(o)}) for o in offered]
-
-        def route(self, query, offered, tau=None):
-            return self.route_batch([query], [offered], tau)[0]
-
-    pool = Pool([
-        ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=upstream_url, input_price=0.15, output_price=0.6,
-                  context_window=128000, max_output_tokens=4096)
-        for m in ("model-a", "model-b")
-    ])
     logging.basicConfig(level=logging.WARNING)
-    app = create_app(pool=pool, router=ConstantRouter(), settings=ServeSettings(**settings_kw))
+    app = create_app(pool=bench_pool(upstream_url, n_offered), router=build_router(**router_kw),
+                     settings=ServeSettings(**settings_kw))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, backlog=2048, **uv_kw)
 
 
-def _start_server(upstream_url: str, settings_kw: dict, uv_kw: dict):
+def _start_server(upstream_url: str, settings_kw: dict, uv_kw: dict, router_kw: dict, n_offered: int):
     import multiprocessing as mp
 
     import httpx
@@ -76,10 +124,10 @@ def _start_server(upstream_url: str, settings_kw: dict, uv_kw: dict):
     from xrouter_lite.fake_upstream import _free_port
 
     port = _free_port()
-    proc = mp.get_context("spawn").Process(target=_server_main, args=(port, upstream_url, uv_kw, settings_kw), daemon=True)
+    proc = mp.get_context("spawn").Process(target=_server_main, args=(port, upstream_url, uv_kw, settings_kw, router_kw, n_offered), daemon=True)
     proc.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + 300
     while time.time() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1.0).status_code == 200:
@@ -178,60 +226,31 @@ def _summary(res: dict) -> dict:
     }
 
 
-def measure_decision(adapter: str | None, fresh_lora: bool, batch: int, reps: int = 20) -> dict | None:
-    """Decision latency of the real LoRA router, batch 1 and batch ``batch`` (None when no router is given)."""
-    if not adapter and not fresh_lora:
+def measure_decision(kind: str | None, adapter: str | None, model_dir: str | None, batch: int, n_offered: int,
+                     reps: int = 20) -> dict | None:
+    """A LoRA router's decision latency, batch 1 and batch ``batch`` (None when not asked for)."""
+    if not kind:
         return None
-    import tempfile
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from xrouter_lite import router as router_mod
-    from xrouter_lite.pool import load_pool
-
-    cls = getattr(router_mod, "LoRARouter", None)
-    if cls is None:
-        return {"error": "router.LoRARouter does not exist in this build"}
-    pool = load_pool(Path(__file__).resolve().parent.parent / "configs" / "pool.yaml")
-    offered = list(pool)[:6]
-    tmp = None
-    if fresh_lora:
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
-
-        from xrouter_lite.assets import smollm2_path
-
-        tmp = tempfile.mkdtemp(prefix="xr-bench-lora-")
-        base = AutoModelForCausalLM.from_pretrained(str(smollm2_path()))
-        peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                     task_type="CAUSAL_LM"))
-        peft_model.save_pretrained(tmp)
-        adapter = tmp
-    from xrouter_lite.serve import ServeSettings, load_router
-
-    settings = ServeSettings(adapter=adapter, base_model=str(_smollm2()) if fresh_lora else None)
-    r = load_router(settings, pool)
-    q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " \
-        "How many clips did Natalia sell altogether in April and May?"
-    out = {"device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    r = build_router(kind, adapter, model_dir, batch)
+    offered = list(bench_pool("http://unused", n_offered))
+    q = QUERY[0]["content"]
+    out = {"router": kind, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "offered": len(offered)}
     for n in (1, batch):
-        r.route_batch([q] * n, [offered] * n)  # warm-up
+        for _ in range(2):
+            r.route_batch([q] * n, [offered] * n)  # warm-up
         times = []
         for _ in range(reps):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             t = time.perf_counter()
             r.route_batch([q] * n, [offered] * n)
             times.append(time.perf_counter() - t)
-        out[f"batch{n}_ms"] = statistics.median(times) * 1000
-        out[f"batch{n}_per_query_ms"] = statistics.median(times) * 1000 / n
+        out[f"batch{n}_ms"] = round(statistics.median(times) * 1000, 2)
+        out[f"batch{n}_per_query_ms"] = round(statistics.median(times) * 1000 / n, 2)
     return out
-
-
-def _smollm2():
-    from xrouter_lite.assets import smollm2_path
-
-    return smollm2_path()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -249,9 +268,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="server's upstream transport: auto = direct aiohttp for OpenAI-compatible endpoints")
     ap.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx"],
                     help="load generator's HTTP client (httpx's pool saturates first at 50 connections)")
-    ap.add_argument("--adapter", default=None, help="a trained router adapter: also measure its decision time")
-    ap.add_argument("--fresh-lora", action="store_true", help="measure decision time with a fresh LoRA on SmolLM2")
-    ap.add_argument("--batch", type=int, default=16, help="batch size for the decision-time measurement")
+    ap.add_argument("--offered", type=int, default=6, help="models offered to the router (default 6)")
+    ap.add_argument("--router", default="constant", choices=["constant", "random-lora", "fresh-lora", "adapter"],
+                    help="the server's router (default constant: decision cost ~0)")
+    ap.add_argument("--decision", default=None, choices=["random-lora", "fresh-lora", "adapter"],
+                    help="also measure this LoRA router's decision time here (default: not measured)")
+    ap.add_argument("--adapter", default=None, help="trained adapter folder for --router/--decision adapter")
+    ap.add_argument("--model-dir", default=None, help="SmolLM2 folder (default: assets.smollm2_path())")
+    ap.add_argument("--batch", type=int, default=16, help="max router batch (server) and batch of --decision")
+    ap.add_argument("--reps", type=int, default=20, help="timed repetitions of --decision (median reported)")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -259,12 +284,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     report: dict = {"clients": args.clients, "seconds": args.seconds, "upstream_latency_ms": args.latency_ms,
                     "python": platform.python_version(), "cpus": os.cpu_count(), "http": args.http,
-                    "loop": args.loop, "transport": args.transport, "client": args.client, "batch_window_ms": args.batch_window_ms}
+                    "loop": args.loop, "transport": args.transport, "client": args.client, "batch_window_ms": args.batch_window_ms,
+                    "router": args.router, "offered": args.offered}
     with FakeUpstream(latency_s=args.latency_ms / 1000.0) as up:
         proc, url = _start_server(up.base_url, {"batch_window_ms": args.batch_window_ms, "upstream_timeout_s": 30.0,
                                                 "max_inflight": 4 * args.clients + 64,
-                                                "upstream_transport": args.transport},
-                                  {"http": args.http, "loop": args.loop})
+                                                "upstream_transport": args.transport,
+                                                "max_router_batch": args.batch},
+                                  {"http": args.http, "loop": args.loop},
+                                  {"kind": args.router, "adapter": args.adapter, "model_dir": args.model_dir,
+                                   "batch": args.batch}, args.offered)
         try:
             direct = asyncio.run(_load(up.base_url.removesuffix("/v1"), "model-a", args.clients, args.seconds,
                                        args.warmup_s, args.client))
@@ -284,27 +313,27 @@ def main(argv: list[str] | None = None) -> dict:
     )
     report["failed"] = d["failed"] + s["failed"]
     report["target_met"] = report["added_excl_decision_p50_ms"] <= 5.0 and report["failed"] == 0
-    report["router_decision"] = measure_decision(args.adapter, args.fresh_lora, args.batch)
 
     print(f"upstream latency {args.latency_ms:g} ms, {args.clients} clients, {args.seconds:g} s per phase, "
-          f"{os.cpu_count()} CPUs; server: http={args.http} loop={args.loop} transport={args.transport} "
-          f"batch window {args.batch_window_ms:g} ms")
+          f"{os.cpu_count()} CPUs; server: router={args.router} ({args.offered} offered) http={args.http} "
+          f"loop={args.loop} transport={args.transport} batch window {args.batch_window_ms:g} ms")
     print(f"{'':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
     for name, x in (("direct", d), ("routed", s)):
         print(f"{name:<9}{x['rps']:>9.1f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{x['failed']:>8}")
     print(f"added by the server: p50 {report['added_p50_ms']:.2f} ms, p99 {report['added_p99_ms']:.2f} ms")
-    print(f"  of which routing decision (constant router; queue + batch window): p50 {report['decision_p50_ms']:.2f} ms,"
+    print(f"  of which routing decision ({args.router} router; queue + batch + forward): p50 {report['decision_p50_ms']:.2f} ms,"
           f" p99 {report['decision_p99_ms']:.2f} ms")
     print(f"added excluding the decision: p50 {report['added_excl_decision_p50_ms']:.2f} ms, "
           f"p99 {report['added_excl_decision_p99_ms']:.2f} ms  (target p50 <= 5 ms, no failure: "
           f"{'MET' if report['target_met'] else 'NOT MET'})")
     if report["failed"]:
         print(f"failures: direct {d['failures']}, routed {s['failures']}")
-    rd = report["router_decision"]
+    rd = report["router_decision"] = measure_decision(args.decision, args.adapter, args.model_dir, args.batch,
+                                                      args.offered, args.reps)
     if rd is None:
-        print("real router decision time: not measured (give --adapter DIR or --fresh-lora)")
+        print("LoRA router decision time: not measured (give --decision random-lora|fresh-lora|adapter)")
     else:
-        print(f"real router decision time: {rd}")
+        print(f"LoRA router decision time: {rd}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report

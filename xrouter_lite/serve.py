@@ -545,139 +545,48 @@ class LiteLLMStream(UpstreamStream):
 
 # ---- the direct path for OpenAI-compatible endpoints ------------------------------------------------------------
 
-DIRECT_PREFIXES = ("openai/",)
+
+def _direct_request(spec: ModelSpec, messages, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """URL, body and headers of a direct chat-completions POST (``llm``'s request rules and key handling)."""
+    from . import llm
+
+    body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages,
+            **llm.build_request_params(spec, params)}
+    key = llm._api_key(spec)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return spec.api_base.rstrip("/") + "/chat/completions", body, headers
 
 
-def is_openai_compatible(spec: ModelSpec) -> bool:
-    """An OpenAI-protocol endpoint of our own choosing: ``openai/<name>`` with an ``api_base`` (vLLM, Ollama's /v1,
-    llama.cpp, LM Studio, the fake upstream). Only these take the direct path; everything else goes through
-    litellm."""
-    return bool(spec.api_base) and spec.litellm_model.startswith(DIRECT_PREFIXES) and not spec.hf_model
-
-
-def _upstream_error(spec: ModelSpec, status: int, raw: bytes) -> Exception:
-    from .llm import LLMCallError
+def _http_error(status: int, raw: bytes) -> Exception:
+    from .llm import HTTPStatusError
 
     try:
         err = json.loads(raw).get("error")
         msg = err.get("message") if isinstance(err, dict) else str(err)
     except Exception:
         msg = raw[:300].decode("utf-8", "replace")
-    retryable = status in (408, 409, 429) or status >= 500
-    return LLMCallError(f"model {spec.id!r} ({spec.litellm_model}): HTTP {status}: {msg}"[:2000], model_id=spec.id,
-                        status=status, retryable=retryable)
-
-
-class DirectTransport:
-    """Calls OpenAI-compatible endpoints with one shared aiohttp session (keep-alive connections), the same request
-    rules as ``llm.acall_model`` (``build_request_params``, keys from ``api_key_env`` or a placeholder, cost from
-    the pool's prices and the reported usage), a time-out on every call, and error messages scrubbed of keys.
-
-    Why not litellm here: its per-call CPU cost (~7 ms on the 2-core sandbox against ~0.3 ms for aiohttp, see
-    docs/BENCHMARKS.md "Serving overhead") saturates one core at a few hundred requests/s, which turns into
-    queueing latency for every request. Providers that are not plain OpenAI-protocol endpoints keep litellm."""
-
-    def __init__(self, max_connections: int = 512):
-        self.max_connections = max_connections
-        self._session = None
-
-    def session(self):
-        import aiohttp
-
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30),
-                json_serialize=json.dumps,
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-
-    @staticmethod
-    def _request(spec: ModelSpec, messages, params: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
-        from . import llm
-
-        body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages,
-                **llm.build_request_params(spec, params)}
-        key = llm._api_key(spec)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return spec.api_base.rstrip("/") + "/chat/completions", body, headers
-
-    async def complete(self, spec: ModelSpec, messages, params: dict[str, Any], timeout_s: float,
-                       max_retries: int = 0):
-        import aiohttp
-
-        from .llm import CallMetadata, LLMCallError, RetryPolicy, classify_exception
-
-        url, body, headers = self._request(spec, messages, params)
-        policy = RetryPolicy(max_retries=max_retries)
-        t0 = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self.session().post(url, json=body, headers=headers,
-                                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-                    raw = await r.read()
-                    status = r.status
-                if status != 200:
-                    raise _upstream_error(spec, status, raw)
-                data = json.loads(raw)
-                choice = (data.get("choices") or [None])[0]
-                if not isinstance(choice, dict):
-                    raise LLMCallError(f"model {spec.id!r}: the provider returned no choices", model_id=spec.id,
-                                       status=502, retryable=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                retryable, status, _ = classify_exception(e)
-                if isinstance(e, json.JSONDecodeError):
-                    retryable, status = True, 502
-                if retryable and attempt <= policy.max_retries:
-                    await asyncio.sleep(policy.delay(attempt - 1))
-                    continue
-                if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-                    raise
-                if isinstance(e, LLMCallError):
-                    raise
-                raise LLMCallError(f"model {spec.id!r} ({spec.litellm_model}): {type(e).__name__}: {e}"[:2000],
-                                   model_id=spec.id, status=status, retryable=retryable) from None
-            text = (choice.get("message") or {}).get("content") or ""
-            usage = data.get("usage") or {}
-            in_tok, out_tok = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            estimated = in_tok is None or out_tok is None
-            in_tok = int(in_tok) if in_tok is not None else estimate_prompt_tokens(messages)
-            out_tok = int(out_tok) if out_tok is not None else max(1, len(text) // 4)
-            return text, CallMetadata(
-                model_id=spec.id, input_tokens=in_tok, output_tokens=out_tok, cost=spec.cost(in_tok, out_tok),
-                latency_s=time.perf_counter() - t0, provider=spec.provider_name, attempts=attempt,
-                finish_reason=choice.get("finish_reason"), usage_estimated=estimated)
-
-    def stream(self, spec: ModelSpec, messages, params: dict[str, Any], timeout_s: float) -> UpstreamStream:
-        return DirectStream(self, spec, messages, params, timeout_s)
+    return HTTPStatusError(status, f"HTTP {status}: {msg}")
 
 
 class DirectStream(UpstreamStream):
-    """Server-sent events from an OpenAI-compatible endpoint, read line by line."""
+    """Server-sent events from an OpenAI-compatible endpoint (``llm.is_openai_compatible``), read line by line
+    through ``llm``'s shared aiohttp session: the streaming twin of ``llm``'s direct transport."""
 
-    def __init__(self, transport: DirectTransport, *a: Any):
-        super().__init__(*a)
-        self.transport = transport
-        self._resp = None
+    _resp = None
 
     async def open(self) -> None:
         import aiohttp
 
-        url, body, headers = self.transport._request(self.spec, self.messages, self.params)
+        from . import llm
+
+        url, body, headers = _direct_request(self.spec, self.messages, self.params)
         body.update(stream=True, stream_options={"include_usage": True})
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
         self._resp = await asyncio.wait_for(
-            self.transport.session().post(url, json=body, headers=headers, timeout=timeout), self.timeout_s)
+            llm._http_session().post(url, json=body, headers=headers, timeout=timeout), self.timeout_s)
         if self._resp.status != 200:
             raw = await asyncio.wait_for(self._resp.read(), self.timeout_s)
-            raise _upstream_error(self.spec, self._resp.status, raw)
+            raise _http_error(self._resp.status, raw)
         self._first = await asyncio.wait_for(self._next(), self.timeout_s) or []
 
     async def _next(self) -> list[StreamPiece] | None:
@@ -696,7 +605,7 @@ class DirectStream(UpstreamStream):
             except json.JSONDecodeError:
                 raise RuntimeError(f"model {self.spec.id!r}: malformed stream chunk") from None
             if "error" in obj:
-                raise _upstream_error(self.spec, 502, payload)
+                raise _http_error(502, payload)
             out = [StreamPiece(content=(c.get("delta") or {}).get("content"), finish_reason=c.get("finish_reason"))
                    for c in obj.get("choices") or []]
             u = obj.get("usage")
@@ -747,12 +656,10 @@ class RouterServer:
         self.settings = settings
         self.router = router
         self.router_factory = router_factory
-        self.router_error: str | None = None
         self.batcher: DecisionBatcher | None = None
         self.ledger = BudgetLedger(settings.server_budget_usd)
         self.scrub = Scrubber(pool, [settings.api_key.get_secret_value()] if settings.api_key else [])
         self.inflight = 0
-        self.direct = DirectTransport(settings.max_inflight)
         self.counts = {"requests": 0, "errors": 0, "fallbacks": 0, "router_failures": 0}
         offered = settings.offered or pool.ids
         unknown = [m for m in offered if m not in pool]
@@ -780,10 +687,14 @@ class RouterServer:
     async def shutdown(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
-        await self.direct.close()
+        from . import llm
+
+        await llm.aclose()  # this event loop's session of the direct transport
 
     def use_direct(self, spec: ModelSpec) -> bool:
-        return self.settings.upstream_transport == "auto" and is_openai_compatible(spec)
+        from . import llm
+
+        return llm.uses_direct_transport(spec, self.settings.upstream_transport)
 
     # helpers
     def check_auth(self, request) -> None:
@@ -993,11 +904,8 @@ class RouterServer:
             rec = CallRecord(spec.id)
             t = time.perf_counter()
             try:
-                if self.use_direct(spec):
-                    call = self.direct.complete(spec, messages, params, s.upstream_timeout_s, s.upstream_max_retries)
-                else:
-                    call = acall_model(spec, messages, params, pool=self.pool, timeout_s=s.upstream_timeout_s,
-                                       max_retries=s.upstream_max_retries)
+                call = acall_model(spec, messages, params, pool=self.pool, timeout_s=s.upstream_timeout_s,
+                                   max_retries=s.upstream_max_retries, transport=s.upstream_transport)
                 # a hard guard over the per-attempt time-outs (retry back-off included)
                 text, meta = await asyncio.wait_for(call, (s.upstream_timeout_s + 30.0) * (s.upstream_max_retries + 1))
             except asyncio.CancelledError:
@@ -1039,7 +947,7 @@ class RouterServer:
             self.ledger.reserve(est)
             rec = CallRecord(spec.id)
             if self.use_direct(spec):
-                st = self.direct.stream(spec, messages, params, s.upstream_timeout_s)
+                st = DirectStream(spec, messages, params, s.upstream_timeout_s)
             else:
                 st = LiteLLMStream(spec, messages, params, s.upstream_timeout_s)
             try:
@@ -1286,8 +1194,8 @@ async def _stream_response(srv: RouterServer, plan: _Plan, messages, params, rid
             log.info("%s stream model=%s strategy=%s cost=%.6g time=%.3fs", rid, spec.id, md["routing_strategy"],
                      md["total_cost"], md["total_time"])
         finally:
-            if not settled:
-                srv.ledger.settle(est, 0.0)
+            if not settled:  # the client went away mid-stream: account what the upstream was sent and streamed
+                srv.ledger.settle(est, spec.cost(estimate_prompt_tokens(messages), len("".join(texts)) // 4))
             await st.aclose()
             srv.inflight -= 1
 
