@@ -331,8 +331,11 @@ def _train_and_measure(model_path: Path, pairs: list[dict], tmp_path: Path, step
 
 
 def test_cpu_4bit_training_lowers_the_loss_and_grows_the_margin(smol_cut, real_pairs, tmp_path):
-    trainer, before, after = _train_and_measure(smol_cut, real_pairs[:4], tmp_path, steps=3)
-    assert trainer.model.get_base_model().is_loaded_in_4bit  # bitsandbytes 4-bit on the CPU
+    trainer, before, after = _train_and_measure(smol_cut, real_pairs[:4], tmp_path, steps=3,
+                                                gradient_checkpointing_every_n_layers=2)
+    base = trainer.model.get_base_model()
+    assert base.is_loaded_in_4bit  # bitsandbytes 4-bit on the CPU
+    assert [layer.gradient_checkpointing for layer in base.model.layers] == [True, False]  # every 2nd layer
     assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 0
     assert after["eval_loss"] < before["eval_loss"] - 0.02, (before, after)
     assert after["eval_rewards/margins"] > before["eval_rewards/margins"] + 0.05
@@ -428,3 +431,24 @@ def test_run_card_checkpoints_resume_and_ctrl_c(smol_cut, real_pairs, tmp_path):
     assert any("read from cache" in s for s in said)  # reference log-probs not recomputed on resume
     with pytest.raises(TrainConfigError, match="no checkpoint"):
         train(small_cfg(smol_cut, data, tmp_path / "empty"), resume=True, say=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_data_parallel_two_processes_cpu(smol_cut, real_pairs, tmp_path, repo):
+    """The script under a distributed launcher (torchrun here; `accelerate launch` starts the same processes):
+    two ranks share the reference pass and train data-parallel."""
+    import subprocess
+    import sys
+
+    data = write_jsonl(tmp_path / "d.json", real_pairs[:4])
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(repo / "scripts" / "train_dpo_light.py"),
+           "--config", str(repo / "configs" / "train_smollm2_cpu.yaml"), "--model_name_or_path", str(smol_cut),
+           "--data_path", str(data), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "1",
+           "--gradient_accumulation_steps", "1", "--report_to", "[]", "--disable_tqdm", "true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    card = json.loads((out / "run_card.json").read_text())
+    assert card["effective"]["world_size"] == 2 and card["final_metrics"]["global_step"] == 2
+    assert card["final_metrics"]["epoch"] == pytest.approx(1.0)  # 2 steps x 2 ranks x 1 pair = the 4 pairs

@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import resource
@@ -125,6 +124,9 @@ class TrainConfig(BaseModel):
     per_device_eval_batch_size: int = Field(2, ge=1)
     gradient_accumulation_steps: int = Field(16, ge=1)
     gradient_checkpointing: bool = True
+    gradient_checkpointing_every_n_layers: int = Field(
+        1, ge=1, description="checkpoint every n-th decoder layer only (2: half of them): less recompute, more memory"
+    )
     group_by_length: bool = Field(True, description="batches of similar length (less padding)")
     pad_to_multiple_of: int | None = Field(16, ge=1, description="row length rounding (16 keeps SDPA's mask aligned)")
     seed: int = 42
@@ -370,11 +372,11 @@ def _trainer_classes():
 
     import torch
     import torch.nn.functional as F
-    from accelerate.utils import is_peft_model
+    from accelerate.utils import is_peft_model, tqdm
+    from torch.utils.data import DataLoader
     from transformers import TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import DPOTrainer
-    from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
     from .packing import PAD, PackedPreferenceCollator, block_causal_mask, sequence_logps
@@ -398,6 +400,12 @@ def _trainer_classes():
             self.ref_cache_key = ref_cache_key
             self.ref_precompute_seconds: dict[str, float] = {}
             dpo_args = kwargs.get("args")
+            every_n = (dpo_args.gradient_checkpointing_kwargs or {}).get("every_n_layers", 1)
+            if not packed and every_n > 1 and not dpo_args.precompute_ref_log_probs:
+                raise TrainConfigError(
+                    "gradient_checkpointing_every_n_layers > 1 with recipe 'trl' needs precompute_ref_log_probs "
+                    "(TRL re-enables checkpointing on every layer after each on-the-fly reference pass)"
+                )
             if packed:
                 bad = [t for t in dpo_args.loss_type if t not in PACKED_LOSS_TYPES]
                 if bad or len(dpo_args.loss_type) != 1:
@@ -463,43 +471,58 @@ def _trainer_classes():
             if self.ref_model is None and is_peft_model(self.model):
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-            with (
-                torch.no_grad(),
-                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-                ctx,
-                self.accelerator.autocast(),
-            ):
+            # no need to switch checkpointing off: non-reentrant checkpointing under no_grad just runs the layer
+            with torch.no_grad(), ctx, self.accelerator.autocast():
                 out = self._packed_forward(model if self.ref_model is None else self.ref_model, inputs)
             return sequence_logps(out.log_probs, inputs["shift_labels"], inputs["segment_ids"])
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
+            """Reference log-probs of every pair, once, with the adapter disabled; kept in memory on every rank
+            (TRL's version caches through a datasets file that other ranks cannot see for an in-memory dataset)
+            and, when ``ref_cache_dir`` is set, in ``ref_logps_<name>.pt`` for ``--resume``."""
+            if self.is_deepspeed_enabled:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
             t0 = time.perf_counter()
-            cache = None
-            if self.ref_cache_dir and self.ref_cache_key:
-                cache = Path(self.ref_cache_dir) / REF_CACHE.format(name=name)
-                if cache.exists():
-                    saved = torch.load(cache, map_location="cpu", weights_only=True)
-                    if saved.get("key") == self.ref_cache_key and len(saved["chosen"]) == len(dataset):
-                        logger.info("reference log-probs for %s read from %s", name, cache)
-                        dataset = dataset.add_column("ref_chosen_logps", saved["chosen"].tolist())
-                        dataset = dataset.add_column("ref_rejected_logps", saved["rejected"].tolist())
-                        self.ref_precompute_seconds[name] = 0.0
-                        return dataset
-            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
-            self.ref_precompute_seconds[name] = time.perf_counter() - t0
-            if cache is not None and self.accelerator.is_main_process:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                torch.save(
-                    {
-                        "key": self.ref_cache_key,
-                        "chosen": torch.tensor(dataset["ref_chosen_logps"]),
-                        "rejected": torch.tensor(dataset["ref_rejected_logps"]),
-                    },
-                    tmp,
+            cache = Path(self.ref_cache_dir) / REF_CACHE.format(name=name) if self.ref_cache_dir and self.ref_cache_key else None
+            saved = None
+            if cache is not None and cache.exists():
+                saved = torch.load(cache, map_location="cpu", weights_only=True)
+                if saved.get("key") != self.ref_cache_key or len(saved["chosen"]) != len(dataset):
+                    saved = None
+            if saved is not None:
+                logger.info("reference log-probs for %s read from %s", name, cache)
+                chosen, rejected = saved["chosen"], saved["rejected"]
+                self.ref_precompute_seconds[name] = 0.0
+            else:
+                loader = self.accelerator.prepare(
+                    DataLoader(
+                        dataset,
+                        batch_size=batch_size,
+                        collate_fn=self.data_collator,
+                        num_workers=self.args.dataloader_num_workers,
+                        pin_memory=self.args.dataloader_pin_memory,
+                        shuffle=False,
+                    )
                 )
-                os.replace(tmp, cache)
-            return dataset
+                model = self.ref_model or self.model
+                parts_c, parts_r = [], []
+                for batch in tqdm(loader, desc=f"Reference log-probs ({name})",
+                                  disable=not self.accelerator.is_local_main_process or bool(os.environ.get("TQDM_DISABLE"))):
+                    c, r = self.compute_ref_log_probs(model, batch)
+                    c, r = self.accelerator.gather_for_metrics((c, r))
+                    parts_c.append(c.float().cpu())
+                    parts_r.append(r.float().cpu())
+                chosen, rejected = torch.cat(parts_c), torch.cat(parts_r)
+                if len(chosen) != len(dataset):
+                    raise RuntimeError(f"reference pass returned {len(chosen)} values for {len(dataset)} pairs")
+                self.ref_precompute_seconds[name] = time.perf_counter() - t0
+                if cache is not None and self.accelerator.is_main_process:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cache.with_suffix(".tmp")
+                    torch.save({"key": self.ref_cache_key, "chosen": chosen, "rejected": rejected}, tmp)
+                    os.replace(tmp, cache)
+            dataset = dataset.add_column("ref_chosen_logps", chosen.tolist())
+            return dataset.add_column("ref_rejected_logps", rejected.tolist())
 
         def _compute_loss(self, model, inputs, return_outputs):
             if not self.packed:
@@ -746,7 +769,8 @@ def dpo_args(cfg: TrainConfig, precision: Precision, has_eval: bool = False, **o
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        | ({"every_n_layers": cfg.gradient_checkpointing_every_n_layers} if cfg.gradient_checkpointing_every_n_layers > 1 else {}),
         bf16=precision.name == "bfloat16",
         fp16=precision.name == "float16",
         use_cpu=precision.device == "cpu",
@@ -862,6 +886,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _silent(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -871,7 +899,11 @@ class TrainResult:
 
 def train(cfg: TrainConfig, resume: bool = False, say=print, callbacks: list | None = None) -> TrainResult:
     """One training run: checks, data, model, TRL trainer, adapter + tokenizer + run card in ``cfg.output_dir``."""
+    from accelerate import PartialState
+
     t_start = time.time()
+    if not PartialState().is_main_process:  # under accelerate/torchrun, one voice
+        say = _silent
     out = Path(cfg.output_dir)
     last = latest_checkpoint(out)
     if resume and last is None:
@@ -881,6 +913,9 @@ def train(cfg: TrainConfig, resume: bool = False, say=print, callbacks: list | N
             f"{out} already holds checkpoints ({last.name}); pass --resume to continue that run, or choose another "
             "output_dir (nothing is overwritten)"
         )
+    for what, path in (("data_path", cfg.data_path), ("eval_data_path", cfg.eval_data_path)):
+        if path is not None and not Path(path).is_file():
+            raise TrainDataError(f"{what}: no such pairs file {path} (make it with `xrouter-lite pairs`)")
     n_params = check_model_size(cfg.model_name_or_path, cfg.trust_remote_code)
     say(f"base model {cfg.model_name_or_path}: {n_params / 1e9:.2f}B parameters")
     precision = resolve_precision(cfg)
