@@ -252,6 +252,53 @@ def pairs_cmd(
 
 # ---- stage 3: training (train.py) --------------------------------------------------------------------------------
 
+
+@app.command("train")
+def train_cmd(
+    data: Optional[Path] = typer.Argument(None, help="dpo_train_data.json from `xrouter-lite pairs` (overrides data_path)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML training config, e.g. configs/train_qwen_4060.yaml."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model: HF id or local folder (at most 7B parameters)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where the adapter, checkpoints, logs and run card go."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out pairs (dpo_eval_data.json), evaluated every eval_steps."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (overrides epochs)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Number of passes over the pairs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the output folder."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Any other setting as KEY=VALUE (YAML value), repeatable: --set lora_r=32 --set report_to=[]."
+    ),
+) -> None:
+    """Train the router's LoRA adapter with QLoRA DPO (TRL). Ctrl-C saves a checkpoint and stops; --resume goes on."""
+    from .train import ModelTooLargeError, TrainConfig, TrainConfigError, TrainDataError, parse_overrides, train
+
+    try:
+        given = {
+            "data_path": str(data) if data else None,
+            "model_name_or_path": model,
+            "output_dir": str(output_dir) if output_dir else None,
+            "eval_data_path": str(eval_data) if eval_data else None,
+            "max_steps": max_steps,
+            "num_train_epochs": epochs,
+        }
+        overrides = {k: v for k, v in given.items() if v is not None}
+        overrides.update(parse_overrides(set_))
+        cfg = TrainConfig.load(config, overrides)
+        result = train(cfg, resume=resume, say=typer.echo)
+    except (TrainConfigError, TrainDataError, ModelTooLargeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("aborted (no checkpoint written for the unfinished step)", err=True)
+        raise typer.Exit(130) from None
+    card = result.run_card
+    fm = card["final_metrics"]
+    typer.echo(
+        f"{card['status']}: step {fm.get('global_step')}, loss {fm.get('loss', float('nan')):.4f}, "
+        f"reward accuracy {fm.get('rewards/accuracies', float('nan')):.3f}, wall {card['wall_time_s']:.0f} s; "
+        f"adapter and run card in {result.output_dir}"
+    )
+    if result.interrupted:
+        typer.echo("resume with the same command and --resume")
+
 # ---- stage 4: evaluation (evaluate.py) ---------------------------------------------------------------------------
 
 
