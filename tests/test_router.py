@@ -103,6 +103,11 @@ def test_batched_scores_equal_single_ones_with_different_offered_sets(router, po
         assert list(d.base_scores) == [s.id for s in off]
         for m in d.base_scores:
             assert d.base_scores[m] == pytest.approx(single.base_scores[m], abs=1e-4)
+    # the two-pass implementation (KV cache, then the candidates) gives the same numbers
+    cached = LoRARouter(model=router.model, tokenizer=router.tokenizer, score_impl="cached").route_batch(QUERIES, subsets)
+    for d, c in zip(batch, cached):
+        for m in d.base_scores:
+            assert d.base_scores[m] == pytest.approx(c.base_scores[m], abs=1e-4)
     # a single offered model is still scored (and chosen)
     one = router.route(QUERIES[0], pool_rb.subset(["claude-v2"]))
     assert one.model_id == "claude-v2"
@@ -155,28 +160,25 @@ def test_adapter_weights_are_really_applied(adapter_dir, tmp_path, pool_rb):
 
 def test_generate_mode_falls_back_and_counts_invalid_actions(router, pool_rb):
     """The untrained base answers the question instead of calling a tool: every such answer must fall back to
-    the configured default model, be marked invalid and be counted; scores exist for every offered model."""
+    the configured default model (the cheapest offered one when the default is not offered), be marked invalid
+    and be counted; scores exist for every offered model."""
     gen = LoRARouter(model=router.model, tokenizer=router.tokenizer, mode="generate",
-                     default_model="mistralai/mistral-7b-chat", max_new_tokens=16)
+                     default_model="mistralai/mistral-7b-chat", max_new_tokens=12)
     offered = pool_rb.subset(THREE)
-    ds = gen.route_batch(QUERIES, [offered, offered])
-    for d in ds:
+    sub = pool_rb.subset(["claude-v1", "gpt-3.5-turbo-1106"])
+    ds = gen.route_batch([QUERIES[0], QUERIES[1]], [offered, sub])
+    for d, off, fb in zip(ds, [offered, sub], ["mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"]):
         assert d.raw is not None
         try:
-            P.parse_action(d.raw, P.build_router_prompt(QUERIES[0], offered))
+            P.parse_action(d.raw, P.build_router_prompt(QUERIES[0], off))
             parsed = True
         except P.ActionParseError:
             parsed = False
         assert d.valid == parsed
         if not d.valid:
-            assert d.model_id == "mistralai/mistral-7b-chat" and d.invalid_reason
-        assert set(d.scores) == set(THREE) and all(math.isfinite(v) for v in d.scores.values())
+            assert d.model_id == fb and d.invalid_reason
+        assert set(d.scores) == {s.id for s in off} and all(math.isfinite(v) for v in d.scores.values())
     assert gen.invalid_count == sum(not d.valid for d in ds)
-    # the default model not offered: the cheapest offered one
-    sub = pool_rb.subset(["claude-v1", "gpt-3.5-turbo-1106"])
-    d = gen.route(QUERIES[0], sub)
-    if not d.valid:
-        assert d.model_id == "gpt-3.5-turbo-1106"
 
 
 def test_generate_mode_reads_a_valid_tool_call(router, pool_rb):

@@ -530,8 +530,29 @@ def load_router_model(
         if not (Path(adapter_dir) / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a peft adapter folder)")
         model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        if four_bit or torch_dtype != torch.float32:
+            adapter_to_compute_dtype(model)
     model.eval()
     return model, tokenizer
+
+
+def adapter_to_compute_dtype(model) -> int:
+    """Cast the LoRA weights to the dtype of the activations (bf16/fp16) for inference.
+
+    peft keeps adapters of a 4-bit base in float32 (right for training), which costs two dtype casts around every
+    adapted layer at inference; on a GPU whose time goes to kernel launches that is a large share of a forward.
+    Returns the number of tensors cast."""
+    import torch
+
+    target = model.get_input_embeddings().weight.dtype
+    if target not in (torch.bfloat16, torch.float16):
+        return 0
+    n = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name and p.dtype != target:
+            p.data = p.data.to(target)
+            n += 1
+    return n
 
 
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -547,10 +568,12 @@ class LoRARouter(CostAwareRouter):
 
     mode="score": one pass scores every offered action's log-probability ``log p(action tokens | prompt)``
     (exactly the tokens of ``prompting.encode_action``, summed); the choice ``argmax(logp - tau * c)`` is always
-    an offered model. How: the prompt plus the action tokens all candidates share is run once (KV cache kept,
-    logits only for the last positions); then every candidate's remaining tokens are packed into ONE row per
-    query and run in one forward over that cache, with a block attention mask (each candidate sees the prompt
-    and itself) and its own position ids. Cost: one prompt forward + a few hundred tokens.
+    an offered model. How (``score_impl="packed"``, the default): ONE forward per batch whose row holds the
+    prompt, the action tokens all candidates share, then every candidate's remaining tokens one after the other,
+    with a block attention mask (each candidate sees the prompt and its own earlier tokens, never another
+    candidate) and position ids that restart after the shared part for each candidate; logits are computed only
+    for the last positions. Cost: one prompt forward + N x (a few) tokens. ``score_impl="cached"`` does the same
+    in two forwards (the prompt with its KV cache kept, then the candidates' tokens over that cache).
 
     mode="generate": greedy decoding of the tool call, read with ``prompting.parse_action``. An unusable answer
     (or a prompt over ``max_prompt_tokens``) gives the default model (``default_model`` when offered, else the
@@ -582,6 +605,7 @@ class LoRARouter(CostAwareRouter):
         expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
         model=None,
         tokenizer=None,
+        score_impl: str = "packed",
     ):
         super().__init__(
             tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
@@ -589,6 +613,9 @@ class LoRARouter(CostAwareRouter):
         )
         if mode not in ("score", "generate"):
             raise ValueError(f"mode must be 'score' or 'generate', got {mode!r}")
+        if score_impl not in ("packed", "cached"):
+            raise ValueError(f"score_impl must be 'packed' or 'cached', got {score_impl!r}")
+        self.score_impl = score_impl
         import torch
 
         self._torch = torch
@@ -684,6 +711,91 @@ class LoRARouter(CostAwareRouter):
 
     def _score_batch(self, prompts: list[list[int]], actions: list[list[list[int]]]) -> list[list[float]]:
         """Exact ``sum log p(action token | prompt, earlier action tokens)`` for every candidate of every query."""
+        if self.score_impl == "packed":
+            return self._score_batch_packed(prompts, actions)
+        return self._score_batch_cached(prompts, actions)
+
+    @staticmethod
+    def _pack(prompts, actions):
+        """Shared layout: per query the head (prompt + the action tokens all candidates share) and the packed
+        remaining tokens of every candidate (all but each one's last), with candidate index and offset."""
+        lcps = [min(_common_prefix_len(a), min(len(x) for x in a) - 1) for a in actions]
+        heads = [p + a[0][:l] for p, a, l in zip(prompts, actions, lcps)]
+        rows = []
+        for a, l in zip(actions, lcps):
+            t, c, o = [], [], []
+            for j, x in enumerate(a):
+                s = x[l:]
+                t.extend(s[:-1])
+                c.extend([j] * (len(s) - 1))
+                o.extend(range(len(s) - 1))
+            rows.append((t, c, o))
+        return lcps, heads, rows
+
+    def _score_batch_packed(self, prompts: list[list[int]], actions: list[list[list[int]]]) -> list[list[float]]:
+        """ONE forward per batch: each row is [left pad][prompt + shared action prefix][candidate 1 rest]...
+        [candidate N rest], with a block attention mask (a candidate's tokens see the head and their own earlier
+        tokens, never another candidate) and position ids that restart after the head for every candidate."""
+        torch = self._torch
+        dev = self.device
+        B = len(prompts)
+        lcps, heads, rows = self._pack(prompts, actions)
+        lens = [len(h) + len(r[0]) for h, r in zip(heads, rows)]
+        T = max(lens)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        seg = torch.full((B, T), -2, dtype=torch.long)  # -2 pad, -1 head, j >= 0 candidate j
+        for b in range(B):
+            h, (t, c, o) = heads[b], rows[b]
+            st = T - lens[b]
+            ids[b, st : st + len(h)] = torch.tensor(h)
+            pos[b, st : st + len(h)] = torch.arange(len(h))
+            seg[b, st : st + len(h)] = -1
+            if t:
+                ids[b, st + len(h) :] = torch.tensor(t)
+                pos[b, st + len(h) :] = len(h) + torch.tensor(o)
+                seg[b, st + len(h) :] = torch.tensor(c)
+        need = [l + 1 + len(r[0]) for l, r in zip(lcps, rows)]
+        keep = max(need)
+        with torch.inference_mode():
+            # the (B, 1, T, T) mask is built on the model's device: only the small segment ids travel
+            seg = seg.to(dev, non_blocking=True)
+            idx = torch.arange(T, device=dev)
+            causal = idx[:, None] >= idx[None, :]
+            q, k = seg[:, :, None], seg[:, None, :]
+            allowed = causal & (((k == -1) & (q >= -1)) | ((q >= 0) & (q == k)))
+            allowed |= (idx[:, None] == idx[None, :]) & (q == -2)  # pads see themselves only (no empty softmax row)
+            dt = self._embed_dtype()
+            mask4 = torch.zeros((B, 1, T, T), dtype=dt, device=dev)
+            mask4.masked_fill_(~allowed[:, None], torch.finfo(dt).min)
+            del allowed, causal
+            out = self.model(
+                input_ids=ids.to(dev), attention_mask=mask4, position_ids=pos.to(dev), use_cache=False,
+                logits_to_keep=keep,
+            )
+            logits = out.logits  # [B, keep, V]; window index w <-> position T - keep + w
+            result = []
+            for b in range(B):
+                l, a = lcps[b], actions[b]
+                t, c, o = rows[b]
+                Qb = len(t)
+                lo = keep - Qb - 1 - l  # first window index needed by this row
+                lsm = torch.log_softmax(logits[b, lo:].float(), dim=-1)  # [l + 1 + Qb, V]
+                common = 0.0
+                if l:
+                    common = float(lsm[torch.arange(l, device=lsm.device), torch.tensor(a[0][:l], device=lsm.device)].sum())
+                first = lsm[l, torch.tensor([x[l] for x in a], device=lsm.device)]
+                sums = first.clone()
+                if Qb:
+                    targets = torch.tensor([a[j][l + oo + 1] for j, oo in zip(c, o)], device=lsm.device)
+                    tok = lsm[l + 1 + torch.arange(Qb, device=lsm.device), targets]
+                    sums.index_add_(0, torch.tensor(c, device=lsm.device), tok)
+                result.append([common + v for v in sums.tolist()])
+        return result
+
+    def _score_batch_cached(self, prompts: list[list[int]], actions: list[list[list[int]]]) -> list[list[float]]:
+        """Two forwards: the heads (KV cache kept), then every candidate's rest packed into one row per query
+        over that cache, with a block mask."""
         torch = self._torch
         dev = self.device
         B = len(prompts)
