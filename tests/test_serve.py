@@ -601,3 +601,13 @@ def test_overhead_benchmark_runs_and_reports(tmp_path):
     assert rep["router_decision"] is None
     for k in ("added_p50_ms", "added_p99_ms", "added_excl_decision_p50_ms", "decision_p50_ms"):
         assert isinstance(rep[k], float)
+
+
+def test_a_generate_mode_router_has_no_cost_knob(up):
+    router = KeywordRouter()
+    router.mode = "generate"
+    with serve(up, router=router) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "router-0.5", "messages": USER}, timeout=10)
+        e = _assert_openai_error(r, 400, "invalid_model")
+        assert "generate" in e["message"]
+        assert srv.client().chat.completions.create(model="router", messages=USER).model == "cheap"

@@ -34,8 +34,9 @@ The answer
     later candidate answered), ``candidates`` (the offered models by descending router score:
     ``[{"model_id", "score"}]``; empty for bypass and when the router failed), ``call_history`` (every upstream
     call: ``{model_id, cost, tokens: {prompt_tokens, completion_tokens}, latency, error}``) and ``total_time``
-    (seconds in the server). Headers: ``x-router-model``, ``x-router-cost`` (total_cost), ``x-router-strategy``,
-    ``x-router-decision-ms`` (queueing + batching + the router's forward pass) and ``x-request-id``.
+    (seconds in the server). Headers: ``x-router-model``, ``x-router-cost`` (total_cost; for a stream, whose cost
+    is known only at its end, a pointer to the last chunk), ``x-router-strategy``, ``x-router-decision-ms``
+    (queueing + batching + the router's forward pass) and ``x-request-id``.
     ``stream: true`` gives server-sent events in the OpenAI chunk format, true streaming from the upstream; the
     last chunk (``choices: []``) carries ``usage`` and ``router_metadata``. Fallback happens only before the first
     token; an upstream failure after it ends the stream with an ``{"error": ...}`` event.
@@ -66,11 +67,21 @@ Errors and security
     error message is scrubbed (the keys of the pool's ``api_key_env`` variables and anything key-like). The CLI
     binds to 127.0.0.1 unless ``--host`` says otherwise.
 
+Upstream calls
+    ``llm.acall_model`` with ``max_retries=upstream_max_retries`` (default 0: a failing model is left for the next
+    candidate rather than retried) and ``transport=upstream_transport``: ``auto`` (default) sends OpenAI-compatible
+    endpoints of your own (``openai/<name>`` + ``api_base``: vLLM, Ollama, llama.cpp) a direct aiohttp POST and
+    every other provider goes through litellm, whose ~4 ms of CPU per call would otherwise cap the server at a
+    few hundred requests/s (docs/BENCHMARKS.md); ``litellm`` forces litellm. Streams: ``DirectStream`` (direct) or
+    ``LiteLLMStream`` (``litellm.acompletion(stream=True)``), both true streaming of the upstream.
+
 Concurrency
     Decisions go through ``DecisionBatcher``: a bounded asyncio queue and one worker that gathers the requests
     arriving within ``batch_window_ms`` (at most ``max_router_batch``) and calls ``router.route_batch`` once per
     cost knob, in a single worker thread, so the event loop never waits for the model and concurrent requests
-    share one forward pass. Upstream calls are plain async I/O: a slow upstream holds only its own request.
+    share one forward pass (a trivial router with ``inline_ok = True`` runs on the event loop instead). Upstream
+    calls are plain async I/O: a slow upstream holds only its own request. Before serving, the router makes one
+    warm-up decision, so no request pays for the first forward pass.
 """
 
 from __future__ import annotations
