@@ -232,7 +232,7 @@ class Scrubber:
         names = {m.api_key_env for m in pool if m.api_key_env}
         names |= {k for k in os.environ if _SECRET_ENV_RE.search(k)}
         vals = [os.environ.get(n) or "" for n in names] + [s for s in extra if s]
-        self.secrets = sorted({v for v in vals if len(v) >= 6}, key=len, reverse=True)
+        self.secrets = sorted({v for v in vals if len(v) >= 8}, key=len, reverse=True)  # short ones: too many false hits
 
     def __call__(self, text: str) -> str:
         for s in self.secrets:
