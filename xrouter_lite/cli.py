@@ -482,5 +482,24 @@ def serve_cmd(
 # ---- the whole pipeline (pipeline.py) ----------------------------------------------------------------------------
 
 
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="Pipeline YAML, e.g. configs/example_routerbench.yaml."),
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny slice of the example (the config's smoke: section), for CI."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage, even those whose output is already there."),
+) -> None:
+    """Run the whole pipeline: cache (import or generate) -> DPO pairs -> QLoRA DPO training -> evaluation."""
+    from .pipeline import PipelineConfigError, run_pipeline
+
+    try:
+        run_pipeline(config, smoke=smoke, force=force, say=typer.echo)
+    except (PipelineConfigError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished stages keep their outputs; run the same command again to go on", err=True)
+        raise typer.Exit(130) from None
+
+
 if __name__ == "__main__":
     main()
