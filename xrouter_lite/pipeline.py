@@ -150,6 +150,8 @@ def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = 
     if smoke:
         tdict["max_steps"] = cfg.smoke.max_steps
         tdict["save_steps"] = max(cfg.smoke.max_steps, 1)
+        tdict["per_device_train_batch_size"] = 1
+        tdict["gradient_accumulation_steps"] = 1
     tcfg = TrainConfig.load(None, tdict)
     card_path = Path(tdict["output_dir"]) / RUN_CARD
     done = False
