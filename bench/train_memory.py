@@ -252,12 +252,15 @@ def sdpa_check(device: str, prompt_len: int) -> str:
             ok.append(name)
         except RuntimeError:
             pass
+        q.grad = k.grad = None
     return ",".join(ok) or "none (math fallback)"
 
 
 def layout_ab(model, tok, ds, precision, out_dir, reps: int, device: str):
-    """Policy forward+backward of ONE pair (no checkpointing), alternating TRL's two-row layout and our packed
-    row, ``reps`` times each: isolates the layout from everything else. Min and median seconds per layout."""
+    """Interleaved A/B on ONE pair, ``reps`` rounds after a warm-up round (robust to load drift):
+    ``layout``: policy forward+backward, no checkpointing, TRL's two rows vs our packed row;
+    ``step``: the compute of a training step per pair, with gradient checkpointing: TRL = policy on two rows +
+    reference forward on two rows, ours = policy on the packed row (reference precomputed). Min and median s."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     from xrouter_lite.packing import sequence_logps
@@ -283,23 +286,46 @@ def layout_ab(model, tok, ds, precision, out_dir, reps: int, device: str):
         c, r = sequence_logps(out.log_probs, packed["shift_labels"], packed["segment_ids"])
         return (c + r).sum()
 
-    times: dict[str, list[float]] = {"trl_two_rows": [], "packed_one_row": []}
-    for i in range(reps + 1):
-        for name, f in (("trl_two_rows", two_rows), ("packed_one_row", one_row)):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with trainer.accelerator.autocast():
-                loss = f()
-            loss.backward()
-            m.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if i > 0:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-    res = {k: {"min_s": round(min(v), 4), "median_s": round(statistics.median(v), 4)} for k, v in times.items()}
-    res["speedup_min"] = round(res["trl_two_rows"]["min_s"] / res["packed_one_row"]["min_s"], 2)
-    res["speedup_median"] = round(res["trl_two_rows"]["median_s"] / res["packed_one_row"]["median_s"], 2)
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def policy(f):
+        with trainer.accelerator.autocast():
+            loss = f()
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+
+    def trl_step():  # TRL's step: policy on two rows (checkpointed) + reference forward on two rows
+        policy(two_rows)
+        with torch.no_grad(), m.disable_adapter(), trainer.accelerator.autocast():
+            two_rows()
+
+    def packed_step():  # ours: policy on one packed row (checkpointed); the reference was precomputed
+        policy(one_row)
+
+    rounds = {
+        "layout": (("trl_two_rows", lambda: policy(two_rows)), ("packed_one_row", lambda: policy(one_row))),
+        "step": (("trl_step", trl_step), ("packed_step", packed_step)),
+    }
+    res: dict = {}
+    for what, pair in rounds.items():
+        if what == "step":
+            m.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        times: dict[str, list[float]] = {name: [] for name, _ in pair}
+        for i in range(reps + 1):
+            for name, f in pair:
+                sync()
+                t0 = time.perf_counter()
+                f()
+                sync()
+                if i > 0:  # the first round warms up
+                    times[name].append(time.perf_counter() - t0)
+        r = {k: {"min_s": round(min(v), 4), "median_s": round(statistics.median(v), 4)} for k, v in times.items()}
+        a, b = (name for name, _ in pair)
+        r["speedup_min"] = round(r[a]["min_s"] / r[b]["min_s"], 2)
+        r["speedup_median"] = round(r[a]["median_s"] / r[b]["median_s"], 2)
+        res[what] = r
     res["tokens"] = {"trl_two_rows": int(un["attention_mask"].sum()), "packed_one_row": int((packed["segment_ids"] != 3).sum())}
     return res, reset_base(trainer.model)
 
@@ -401,7 +427,11 @@ def main() -> int:
     clean(device)
 
     results: dict = {"info": info, "cells": [], "reference_pass": {}, "loss_check": None,
-                     "sdpa_masked_kernel": sdpa_check(device, max(lengths))}
+                     "sdpa_masked_kernel": None}
+    try:
+        results["sdpa_masked_kernel"] = sdpa_check(device, max(lengths))
+    except Exception as e:
+        results["sdpa_masked_kernel"] = f"check failed: {type(e).__name__}: {e}"
     log(f"SDPA with our 4D boolean mask: {results['sdpa_masked_kernel']}")
     n_pairs = (warmup + steps) * max(plain_b + ours_b)
     datasets = {n: make_pairs(n, n_pairs, vocab=model.config.vocab_size, eos_id=tok.eos_token_id) for n in lengths}
@@ -421,7 +451,7 @@ def main() -> int:
             results["layout_ab"], model = layout_ab(model, tok, datasets[ab_len], precision, str(tmp / "ab"),
                                                     args.ab_reps, device)
             results["layout_ab"]["prompt_len"] = ab_len
-            log(f"layout A/B, one pair, {ab_len}-token prompt, policy fwd+bwd: {results['layout_ab']}")
+            log(f"A/B, one pair, {ab_len}-token prompt: {results['layout_ab']}")
         except Exception as e:
             results["layout_ab"] = {"error": f"{type(e).__name__}: {e}"}
             log("layout A/B failed:", results["layout_ab"])

@@ -340,6 +340,8 @@ def test_cpu_4bit_training_lowers_the_loss_and_grows_the_margin(smol_cut, real_p
     assert after["eval_loss"] < before["eval_loss"] - 0.02, (before, after)
     assert after["eval_rewards/margins"] > before["eval_rewards/margins"] + 0.05
     assert after["eval_rewards/accuracies"] >= 0.75
+    grew = (after["eval_logps/chosen"] - after["eval_logps/rejected"]) - (before["eval_logps/chosen"] - before["eval_logps/rejected"])
+    assert grew > 0.5, grew  # the chosen action's log-probability margin over the rejected one grew (nats)
     assert trainer.state.global_step == 3
 
 

@@ -379,7 +379,7 @@ def _trainer_classes():
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
 
-    from .packing import PAD, PackedPreferenceCollator, block_causal_mask, sequence_logps
+    from .packing import CHOSEN, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, sequence_logps
 
     class _RouterDPOTrainer(DPOTrainer):
         """TRL's DPOTrainer taking pre-tokenised router pairs; ``packed=True`` runs one row per pair (the prompt
@@ -419,8 +419,8 @@ def _trainer_classes():
                     kwargs["data_collator"] = PackedPreferenceCollator(
                         pad_token_id=tok.pad_token_id, pad_to_multiple_of=dpo_args.pad_to_multiple_of
                     )
-            if packed:
-                self._attn_impl = kwargs["model"].config._attn_implementation
+                model = kwargs.get("model", args[0] if args else None)
+                self._attn_impl = model.config._attn_implementation
                 if self._attn_impl not in ("sdpa", "eager"):
                     raise TrainConfigError(
                         f"attn_implementation: the packed recipe needs 'sdpa' or 'eager' (a custom 4D mask), got {self._attn_impl!r}"
@@ -542,8 +542,8 @@ def _trainer_classes():
             delta = chosen_logratios - rejected_logratios
             loss_type = self.loss_types[0]
             scored = labels != -100
-            chosen_mask = scored & (seg == 1)
-            rejected_mask = scored & (seg == 2)
+            chosen_mask = scored & (seg == CHOSEN)
+            rejected_mask = scored & (seg == REJECTED)
             if loss_type == "sigmoid":
                 per_pair = -F.logsigmoid(self.beta * delta)
             elif loss_type == "hinge":
