@@ -196,8 +196,16 @@ def test_config_errors_name_the_file_and_held_out_is_checked(tmp_path, rb_split)
         load_config(bad)
     train, test = rb_split
     with pytest.raises(ValueError, match="both the training and the test cache"):
-        evaluate(EvalConfig(test_cache=str(test), train_cache=str(test), out_dir=str(tmp_path / "o"), baselines=["single"]),
-                 log=lambda m: None)
+        evaluate(EvalConfig(test_cache=str(test), train_cache=str(test), out_dir=str(tmp_path / "o"), baselines=["single"],
+                            train_overlap="error"), log=lambda m: None)
+    # default: the full cache may serve as training data; the held-out prompts are left out of it
+    both = tmp_path / "both.jsonl"
+    both.write_text(train.read_text() + test.read_text())
+    rep = evaluate(EvalConfig(test_cache=str(test), train_cache=str(both), out_dir=str(tmp_path / "o"),
+                              baselines=["best_single"]), log=lambda m: None)
+    n_test = rep["data"]["n_test_prompts"]
+    assert rep["data"]["train"]["overlap_dropped"] == n_test
+    assert rep["data"]["train"]["prompts"] - n_test == len(load_prompts(train)[0])
 
 
 def test_cli_eval_baselines_only(rb_split, tmp_path):

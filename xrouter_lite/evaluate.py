@@ -82,6 +82,9 @@ class EvalConfig(BaseModel):
     max_queries: int | None = Field(None, description="evaluate a seeded random sample of this many prompts")
     seed: int = 0
     baselines: list[str] = Field(default_factory=lambda: list(ALL_BASELINES))
+    train_overlap: Literal["drop", "error"] = Field(
+        "drop", description="test prompts found in train_cache: drop them from training (default) or stop"
+    )
     knn_k: int = 10
     knn_max_seq_length: int | None = Field(None, description="truncate kNN embeddings' input (default: the model's 256)")
     cost_source: Literal["train", "pool"] = "train"
@@ -122,6 +125,7 @@ class LoadStats:
     unknown_models: int = 0
     prompts: int = 0
     incomplete_dropped: int = 0
+    overlap_dropped: int = 0
     torn_last_line: bool = False
 
 
@@ -356,6 +360,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     test, test_stats = load_prompts(cfg.test_cache, models, require_complete=cfg.require_complete)
+    held_out_ids = {p.prompt_id for p in test}
     if cfg.max_queries is not None and cfg.max_queries < len(test):
         keep = set(random.Random(cfg.seed).sample(range(len(test)), cfg.max_queries))
         test = [p for i, p in enumerate(test) if i in keep]
@@ -365,12 +370,17 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
     train_stats = None
     if cfg.train_cache:
         train, train_stats = load_prompts(cfg.train_cache, models, require_complete=False)
-        overlap = {p.prompt_id for p in train} & {p.prompt_id for p in test}
-        if overlap:
+        # the whole held-out set counts here, not only the --max-queries sample
+        overlap = {p.prompt_id for p in train} & held_out_ids
+        if overlap and cfg.train_overlap == "error":
             raise ValueError(
                 f"{len(overlap)} prompt(s) are in both the training and the test cache (e.g. {sorted(overlap)[:3]}): "
                 "the evaluation would not be held out"
             )
+        if overlap:
+            train = [p for p in train if p.prompt_id not in overlap]
+            log(f"{len(overlap)} test prompt(s) found in the training cache were left out of training")
+        train_stats.overlap_dropped = len(overlap)
     cost_vec = mean_cost_per_query(train) if (cfg.cost_source == "train" and train) else None
     offered = [_offered(p, pool, models) for p in test]
     log(f"evaluating on {len(test)} prompts ({', '.join(sorted({p.dataset for p in test}))}); "
