@@ -87,6 +87,31 @@ def _cuda() -> bool:
         return False
 
 
+def prepare_train_dir(router_dir: Path, *, force: bool, say=print) -> str:
+    """What stage 3 does with an existing output folder: ``"reuse"`` a completed adapter, ``"resume"`` from the last
+    checkpoint of an interrupted run, or train ``"fresh"``. With ``force`` a previous folder is removed first (the
+    user asked for the stage to be redone; the trainer itself never overwrites checkpoints)."""
+    import json
+    import shutil
+
+    from .train import RUN_CARD
+
+    if force and router_dir.exists():
+        say(f"--force: removing the previous training output {router_dir}")
+        shutil.rmtree(router_dir)
+    if not router_dir.exists():
+        return "fresh"
+    card_path = router_dir / RUN_CARD
+    if card_path.exists():
+        try:
+            status = json.loads(card_path.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status == "completed":
+            return "reuse"
+    return "resume" if any(router_dir.glob("checkpoint-*")) else "fresh"
+
+
 def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = False, say=print) -> dict[str, Any]:
     """Run every stage; return the evaluation report (report.json's content) plus timings."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,7 +167,7 @@ def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = 
 
     # ---- stage 3: training ----
     t = time.time()
-    from .train import RUN_CARD, TrainConfig, train
+    from .train import TrainConfig, train
 
     tdict = dict(cfg.train_cuda if (cfg.train_cuda and _cuda()) else cfg.train)
     tdict["data_path"] = str(out / "dpo_train_data.json")
@@ -153,19 +178,13 @@ def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = 
         tdict["per_device_train_batch_size"] = 1
         tdict["gradient_accumulation_steps"] = 1
     tcfg = TrainConfig.load(None, tdict)
-    card_path = Path(tdict["output_dir"]) / RUN_CARD
-    done = False
-    if card_path.exists() and not force:
-        import json
-
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        done = card.get("status") == "completed"
-    if done:
+    action = prepare_train_dir(Path(tdict["output_dir"]), force=force, say=say)
+    if action == "reuse":
         say(f"[3/4] train: reusing the completed adapter in {tdict['output_dir']} (--force retrains)")
     else:
-        say(f"[3/4] train: QLoRA DPO of {tcfg.model_name_or_path} -> {tdict['output_dir']}")
-        result = train(tcfg, resume=card_path.parent.exists() and not force and any(card_path.parent.glob("checkpoint-*")),
-                       say=say)
+        how = " (resuming from the last checkpoint)" if action == "resume" else ""
+        say(f"[3/4] train: QLoRA DPO of {tcfg.model_name_or_path} -> {tdict['output_dir']}{how}")
+        result = train(tcfg, resume=action == "resume", say=say)
         if result.interrupted:
             raise KeyboardInterrupt
     timings["train_s"] = time.time() - t
