@@ -272,3 +272,25 @@ def test_knn_follows_similar_training_prompts(pool_rb):
 def test_decision_interface_is_unchanged():
     d = Decision("a", {"a": 0.1, "b": 0.5, "c": 0.3})
     assert d.ranked() == ["a", "b", "c"]
+
+
+def test_auto_quantization_follows_the_training_run(adapter_dir, tmp_path, pool_rb):
+    """A QLoRA adapter (run card: load_in_4bit) gets its 4-bit NF4 base on the CPU too: scoring it on unquantised
+    weights shifted RouterBench scores by 10-30 nats and changed cheap-end decisions (docs/BENCHMARKS.md)."""
+    import shutil
+
+    from xrouter_lite.router import adapter_quantization, load_router_model
+
+    assert adapter_quantization(adapter_dir) is None  # no run card: the device decides (CPU: unquantised)
+    model, _ = load_router_model(adapter_dir=adapter_dir, device="cpu")
+    assert not any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+    qlora = tmp_path / "qlora"
+    shutil.copytree(adapter_dir, qlora)
+    (qlora / "run_card.json").write_text(json.dumps({"status": "completed", "config": {
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}}))
+    assert adapter_quantization(qlora) == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    model, _ = load_router_model(adapter_dir=qlora, device="cpu")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    model, _ = load_router_model(adapter_dir=qlora, device="cpu", quantize="none")  # an explicit choice still wins
+    assert not any(type(m).__name__ == "Linear4bit" for m in model.modules())

@@ -170,7 +170,7 @@ def pairs_cmd(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Pairs config YAML (see configs/pairs.yaml); the options below override it."
     ),
-    strategy: Optional[str] = typer.Option(None, "--strategy", help="best-vs-rest (default), all or best-vs-worst."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="all (default), best-vs-rest or best-vs-worst."),
     margin: Optional[float] = typer.Option(None, "--margin", help="A pair needs R(chosen) > R(rejected) + margin (default: 0.01)."),
     max_pairs_per_prompt: Optional[int] = typer.Option(
         None, "--max-pairs-per-prompt", min=1, help="Cap of pairs per router prompt, i.e. prompt x offered subset (default: 8)."
@@ -327,7 +327,7 @@ def eval_cmd(
     max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Evaluate a seeded sample of this many prompts."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Router decisions per forward pass (default: 8)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (4-bit on CUDA), 4bit or none."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (as the adapter was trained: its run card), 4bit or none."),
     cost_source: Optional[str] = typer.Option(
         None, "--cost-source", help="Cost of tau: train (mean recorded cost per query) or pool (prices)."
     ),
@@ -402,7 +402,7 @@ def serve_cmd(
         None, "--router-mode", help="score (every offered model's log-prob; supports router-<tau>) or generate (default: score)."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Router device, e.g. cuda or cpu (default: cuda when available)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (4-bit on CUDA), 4bit or none (default: auto)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="auto (as the adapter was trained: its run card), 4bit or none (default: auto)."),
     default_model: Optional[str] = typer.Option(
         None, "--default-model", help="Model used when the router fails (default: the cheapest offered model)."
     ),

@@ -407,6 +407,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             quantize=cfg.quantize, max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
             tau=cfg.tau, cost_per_query=cost_vec,
         )
+        four_bit = any(type(m).__name__ == "Linear4bit" for m in r.model.modules())
+        log(f"[{label}] base weights {'4-bit NF4' if four_bit else 'unquantised'} on {r.device} (quantize={cfg.quantize})")
         f = dec_path.open("a", encoding="utf-8") if label == "router" else None
 
         def write_chunk(start: int, ds: list[Decision], f=f, label=label) -> None:

@@ -470,6 +470,23 @@ def base_model_of_adapter(adapter_dir: str | Path) -> str:
     )
 
 
+def adapter_quantization(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """How the adapter's base weights were quantised in training (``load_in_4bit``, ``bnb_4bit_quant_type``,
+    ``bnb_4bit_use_double_quant`` from its run_card.json), or None when the folder has no readable run card."""
+    card = Path(adapter_dir) / "run_card.json"
+    try:
+        cfg = json.loads(card.read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or "load_in_4bit" not in cfg:
+        return None
+    out: dict[str, Any] = {"load_in_4bit": bool(cfg["load_in_4bit"])}
+    for key in ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant"):
+        if key in cfg:
+            out[key] = cfg[key]
+    return out
+
+
 def load_router_model(
     base_model: str | None = None,
     adapter_dir: str | Path | None = None,
@@ -481,8 +498,9 @@ def load_router_model(
 ):
     """Load base model (+ LoRA adapter) and tokenizer once, for inference.
 
-    quantize: "auto" (4-bit NF4 on CUDA, none on CPU), "4bit" (bitsandbytes NF4, double quantisation, bf16
-    compute; also on CPU if bitsandbytes supports it there) or "none". dtype: "float32"/"bfloat16"/"float16"
+    quantize: "auto" (as the adapter was trained, read from its run_card.json: a QLoRA adapter gets its 4-bit base
+    on the CPU too; without a run card 4-bit NF4 on CUDA and none on the CPU), "4bit" (bitsandbytes NF4, bf16
+    compute on CUDA, fp32 on the CPU) or "none". dtype: "float32"/"bfloat16"/"float16"
     for unquantised weights (default: bfloat16 on CUDA, float32 on CPU). The tokenizer comes from the adapter
     folder when it holds one (training saves it there), else from the base model."""
     import torch
@@ -497,7 +515,14 @@ def load_router_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if quantize not in ("auto", "4bit", "none"):
         raise ValueError(f"quantize must be auto, 4bit or none, got {quantize!r}")
-    four_bit = quantize == "4bit" or (quantize == "auto" and str(device).startswith("cuda"))
+    trained = adapter_quantization(adapter_dir) if adapter_dir is not None else None
+    if quantize == "auto":
+        # The adapter was learned on top of the base weights as the trainer saw them: a QLoRA adapter on NF4
+        # weights. Loading the base unquantised under it changes every score (on RouterBench's full split, 10-30
+        # nats per candidate, and the cheap end of the tau curve), so "auto" follows the training run's card.
+        four_bit = trained["load_in_4bit"] if trained is not None else str(device).startswith("cuda")
+    else:
+        four_bit = quantize == "4bit"
     if dtype is None:
         torch_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     else:
@@ -510,8 +535,8 @@ def load_router_model(
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type=(trained or {}).get("bnb_4bit_quant_type", "nf4"),
+            bnb_4bit_use_double_quant=(trained or {}).get("bnb_4bit_use_double_quant", True),
             bnb_4bit_compute_dtype=torch.bfloat16 if str(device).startswith("cuda") else torch.float32,
         )
         kwargs["device_map"] = {"": device}

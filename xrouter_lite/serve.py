@@ -135,7 +135,7 @@ class ServeSettings(BaseModel):
     router_mode: Literal["score", "generate"] = Field(
         "score", description="score: every offered action's log-prob (supports tau); generate: decode the call")
     device: str | None = Field(None, description="Router device (default: cuda when available, else cpu)")
-    quantize: Literal["auto", "4bit", "none"] = Field("auto", description="auto: 4-bit NF4 on CUDA, none on CPU")
+    quantize: Literal["auto", "4bit", "none"] = Field("auto", description="auto: as the adapter was trained (its run card); without one 4-bit NF4 on CUDA, none on CPU")
     pool: Path = Field(Path("configs/pool.yaml"), description="Pool YAML: the models that can answer")
     offered: list[str] | None = Field(None, description="Models offered to the router by default (default: all)")
     default_model: str | None = Field(None, description="Used when the router fails (default: cheapest offered)")
