@@ -21,7 +21,10 @@ is offered (``subset_mode``: ``uniform`` size in [min_offered, max_offered], ``p
 round-robin over the pool's tiers, or ``full``; ``subsets_per_prompt`` distinct subsets), listed in the prompt in
 a seeded random order. Each offered model gets the reward of ``reward.py``; pairs (A, B) with
 R(A) > R(B) + margin are formed by ``strategy`` (``best-vs-rest``, ``all``, ``best-vs-worst``) and capped at
-``max_pairs_per_prompt`` per router prompt (prompt x offered subset) by a seeded sample. A subset where every
+``max_pairs_per_prompt`` per router prompt (prompt x offered subset) by a seeded sample. ``all`` is the default: on
+RouterBench's full training split a router trained on ``best-vs-rest`` pairs (only the cheapest correct model is
+ever chosen) collapsed onto the model most often cheapest-correct and landed below the single models' hull, while
+``all`` (every better model over every worse one) landed above it (docs/BENCHMARKS.md, "Quality check"). A subset where every
 offered model is wrong, or whose rewards all lie within the margin (a tie), gives no pair and is counted.
 Everything random is seeded per prompt id, so the output does not depend on the order of the cache lines.
 
@@ -74,7 +77,7 @@ class PairsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    strategy: Strategy = "best-vs-rest"
+    strategy: Strategy = "all"
     margin: float = Field(0.01, ge=0, description="a pair needs R(chosen) > R(rejected) + margin")
     max_pairs_per_prompt: int | None = Field(8, ge=1, description="cap per router prompt (prompt x subset)")
     seed: int = 0
