@@ -230,3 +230,20 @@ def test_qwen_tokenizer_is_cached_on_disk(tmp_path, qwen_tok):
     text = "<|im_start|>user\nHello world<|im_end|>\n<tool_call>"
     assert a(text)["input_ids"] == b(text)["input_ids"] == qwen_tok(text)["input_ids"]
     assert b.chat_template == qwen_tok.chat_template
+
+
+def test_tool_support_is_judged_per_template_not_per_object(smol_tokenizer):
+    """Regression: the check was cached by id(tokenizer); a freed tokenizer's id reused by one with another template
+    would have inherited the wrong answer (and a different prompt format)."""
+    import copy
+
+    from xrouter_lite.prompting import template_supports_tools
+
+    assert template_supports_tools(smol_tokenizer) is False
+    tok = copy.copy(smol_tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if tools %}{% for t in tools %}"
+        "{{ t['function']['name'] }}{% endfor %}{% endif %}"
+    )
+    assert template_supports_tools(tok) is True
+    assert template_supports_tools(smol_tokenizer) is False

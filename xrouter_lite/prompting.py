@@ -168,12 +168,15 @@ def _tools_block(tools: Sequence[dict[str, Any]]) -> str:
     return _TOOLS_HEADER + "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools) + _TOOLS_FOOTER
 
 
-_TOOL_SUPPORT: dict[int, bool] = {}
+_TOOL_SUPPORT: dict[str, bool] = {}
 
 
 def template_supports_tools(tokenizer) -> bool:
-    """True when the tokenizer's chat template renders ``tools=`` (checked once per tokenizer)."""
-    key = id(tokenizer)
+    """True when the tokenizer's chat template renders ``tools=`` (checked once per chat template).
+
+    The cache is keyed by the template text, not by ``id(tokenizer)``: an id can be reused by another tokenizer once
+    the first is freed, and a wrong answer here would silently change the router prompt's format."""
+    key = f"{type(tokenizer).__name__}\x1f{getattr(tokenizer, 'chat_template', None)!r}"
     if key not in _TOOL_SUPPORT:
         probe = [{"role": "user", "content": "x"}]
         tool = {
