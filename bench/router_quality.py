@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from xrouter_lite.evaluate import load_prompts  # noqa: E402
 from xrouter_lite.metrics import hull_value, ndch  # noqa: E402
 from xrouter_lite.router import decide  # noqa: E402
 
@@ -35,15 +36,10 @@ def _open(path: Path):
 
 
 def load(decisions: Path, test_cache: Path):
-    outcome: dict[str, dict[str, tuple[bool, float]]] = defaultdict(dict)
-    dataset: dict[str, str] = {}
-    with _open(test_cache) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("error") or r.get("is_correct") is None:
-                continue
-            outcome[r["prompt_id"]][r["model_name"]] = (bool(r["is_correct"]), float(r["cost"]))
-            dataset[r["prompt_id"]] = r.get("dataset") or (r.get("metadata") or {}).get("dataset") or "-"
+    # the evaluation's own reader: errored and ungraded records left out, the later of two answers kept
+    prompts, _ = load_prompts(test_cache)
+    outcome = {p.prompt_id: {m: (o.correct, o.cost) for m, o in p.outcomes.items()} for p in prompts}
+    dataset = {p.prompt_id: p.dataset or "-" for p in prompts}
     rows = []
     with _open(decisions) as f:
         for n, line in enumerate(f, 1):
@@ -93,7 +89,8 @@ def main() -> None:
     per_ds_best = {}
     for ds in sorted(set(dataset[p] for p in pids)):
         ids = [p for p in pids if dataset[p] == ds]
-        per_ds_best[ds] = max(models, key=lambda m: (point(ids, singles[m], outcome)[1], -point(ids, singles[m], outcome)[0]))
+        pts = {m: point(ids, singles[m], outcome) for m in models}
+        per_ds_best[ds] = max(models, key=lambda m: (pts[m][1], -pts[m][0]))  # most accurate, then cheapest
     best_ds = {pid: per_ds_best[dataset[pid]] for pid in pids}
 
     def stats(idx):

@@ -91,25 +91,19 @@ def prepare_train_dir(router_dir: Path, *, force: bool, say=print) -> str:
     """What stage 3 does with an existing output folder: ``"reuse"`` a completed adapter, ``"resume"`` from the last
     checkpoint of an interrupted run, or train ``"fresh"``. With ``force`` a previous folder is removed first (the
     user asked for the stage to be redone; the trainer itself never overwrites checkpoints)."""
-    import json
     import shutil
 
-    from .train import RUN_CARD
+    from .train import latest_checkpoint, read_run_card
 
     if force and router_dir.exists():
         say(f"--force: removing the previous training output {router_dir}")
         shutil.rmtree(router_dir)
     if not router_dir.exists():
         return "fresh"
-    card_path = router_dir / RUN_CARD
-    if card_path.exists():
-        try:
-            status = json.loads(card_path.read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError):
-            status = None
-        if status == "completed":
-            return "reuse"
-    return "resume" if any(router_dir.glob("checkpoint-*")) else "fresh"
+    if (read_run_card(router_dir) or {}).get("status") == "completed":
+        return "reuse"
+    # the trainer's own test: it refuses a folder with a checkpoint unless asked to resume from it
+    return "resume" if latest_checkpoint(router_dir) is not None else "fresh"
 
 
 def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = False, say=print) -> dict[str, Any]:

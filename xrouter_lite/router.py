@@ -473,11 +473,9 @@ def base_model_of_adapter(adapter_dir: str | Path) -> str:
 def adapter_quantization(adapter_dir: str | Path) -> dict[str, Any] | None:
     """How the adapter's base weights were quantised in training (``load_in_4bit``, ``bnb_4bit_quant_type``,
     ``bnb_4bit_use_double_quant`` from its run_card.json), or None when the folder has no readable run card."""
-    card = Path(adapter_dir) / "run_card.json"
-    try:
-        cfg = json.loads(card.read_text(encoding="utf-8")).get("config") or {}
-    except (OSError, ValueError):
-        return None
+    from .train import read_run_card
+
+    cfg = (read_run_card(adapter_dir) or {}).get("config")
     if not isinstance(cfg, dict) or "load_in_4bit" not in cfg:
         return None
     out: dict[str, Any] = {"load_in_4bit": bool(cfg["load_in_4bit"])}

@@ -886,6 +886,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_run_card(folder: str | Path) -> dict[str, Any] | None:
+    """The run card a training run wrote into ``folder``, or None when it is missing or unreadable."""
+    try:
+        card = json.loads((Path(folder) / RUN_CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
 def _silent(*args: Any, **kwargs: Any) -> None:
     return None
 
