@@ -28,7 +28,10 @@ output budget (``max_tokens``, or a reasoning model's larger budget) at the pool
 spent + reserved + the next reservation would cross the budget, scheduling waits for in-flight calls to settle
 (their actual cost replaces their reservation) and stops for good when even an idle pipeline cannot fit the next
 call. So the money spent never passes the budget, provided providers honour ``max_tokens`` (the summary reports
-any call whose actual cost exceeded its reservation).
+any call whose actual cost exceeded its reservation). The cap is on the cache file, not on one run: the cost
+already recorded in the file is counted as spent when a run starts, so re-running the same command (the way to
+resume, also after a kill -9) never records more than the cap; raising the cap is the way to spend more. (A call
+cut by a kill -9 while in flight may still be billed by its provider without a record; it is redone.)
 
 Concurrency: ``concurrency`` workers take (question, model) items from a bounded queue fed by a producer that
 streams the question file, so memory stays flat for any number of pairs. ``rate_limit_rpm`` spaces the requests
@@ -50,6 +53,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import ConfigError, load_config
 from .pool import ModelSpec, Pool, load_pool
 from .records import CacheFormatError, CacheRecord, ReadReport, RecordWriter, TokenUsage, iter_records, repair_torn_tail
 
@@ -79,8 +83,8 @@ FSYNC_INTERVAL_S = 2.0
 # ---- configuration -----------------------------------------------------------------------------------------------
 
 
-class CacheConfigError(ValueError):
-    """A cache config is invalid; the message names the file and the field."""
+class CacheConfigError(ConfigError):
+    """A cache config is invalid; the message names the file and the field (``config.ConfigError``'s format)."""
 
 
 class CacheConfig(BaseModel):
@@ -116,31 +120,9 @@ class CacheConfig(BaseModel):
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
 
-def _pydantic_problems(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
-
-
 def load_cache_config(path: str | Path | None = None, **overrides: Any) -> CacheConfig:
-    """Read a YAML config (if given) and apply ``overrides`` whose value is not None."""
-    data: dict[str, Any] = {}
-    where = "command line"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.exists():
-            raise CacheConfigError(f"cache config not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise CacheConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise CacheConfigError(f"{path}: expected a mapping of option -> value")
-        data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return CacheConfig(**data)
-    except ValidationError as e:
-        raise CacheConfigError(f"{where}: {_pydantic_problems(e)}") from None
+    """Read a YAML config (if given) and apply ``overrides`` whose value is not None (``config.load_config``)."""
+    return load_config(CacheConfig, path, overrides, what="cache config", error=CacheConfigError)
 
 
 # ---- reading a cache -----------------------------------------------------------------------------------------------
@@ -392,12 +374,28 @@ class RateLimiter:
             await asyncio.sleep(t - now)
 
 
-class BudgetGuard:
-    """Reserve-then-settle accounting that never lets spent + reserved pass the limit."""
+def recorded_spend(path: str | Path) -> float:
+    """USD recorded in a cache file: the sum of every line's ``cost`` (answers and errors alike, superseded lines
+    too: money spent stays spent). A missing file has spent nothing."""
+    path = Path(path)
+    if not path.exists():
+        return 0.0
+    total = 0.0
+    for _, rec in iter_records(path, strict=False, report=ReadReport()):
+        total += float(rec.cost or 0.0)
+    return total
 
-    def __init__(self, limit_usd: float | None):
+
+class BudgetGuard:
+    """Reserve-then-settle accounting that never lets already spent + spent + reserved pass the limit.
+
+    ``already_spent`` is the money recorded in the cache file before this run (``recorded_spend``): the budget
+    is a cap on the whole file, not per run, so no sequence of runs, kills and resumes records more than it."""
+
+    def __init__(self, limit_usd: float | None, already_spent: float = 0.0):
         self.limit = limit_usd
-        self.spent = 0.0
+        self.already_spent = already_spent
+        self.spent = 0.0  # this run
         self.reserved = 0.0
         self.overruns = 0  # calls whose actual cost exceeded their reservation
         self._cond = asyncio.Condition()
@@ -406,7 +404,7 @@ class BudgetGuard:
         """Wait until ``amount`` fits; False when it cannot fit even with nothing in flight."""
         async with self._cond:
             while True:
-                if self.limit is None or self.spent + self.reserved + amount <= self.limit + 1e-12:
+                if self.limit is None or self.already_spent + self.spent + self.reserved + amount <= self.limit + 1e-12:
                     self.reserved += amount
                     return True
                 if self.reserved <= 1e-15:
@@ -442,6 +440,7 @@ class CacheSummary:
     not_scheduled: int = 0
     spent_usd: float = 0.0
     budget_usd: float | None = None
+    spent_before_usd: float = 0.0  # recorded in the file before this run (counted against budget_usd)
     budget_overruns: int = 0
     stopped: str = "complete"  # complete | budget | interrupted
     torn_tail_dropped: bool = False
@@ -560,7 +559,8 @@ async def arun_cache(
     sampling = cfg.sampling()
     policy = RetryPolicy(max_retries=cfg.max_retries, base_delay_s=cfg.retry_base_delay_s,
                          retry_after_cap_s=cfg.retry_after_cap_s)
-    budget = BudgetGuard(cfg.budget_usd)
+    budget = BudgetGuard(cfg.budget_usd, recorded_spend(out) if cfg.budget_usd is not None else 0.0)
+    summary.spent_before_usd = budget.already_spent
     limiters = {s.id: RateLimiter(cfg.rate_limit_rpm) for s in specs} if cfg.rate_limit_rpm else {}
     queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.concurrency)
     stop_event = stop_event or asyncio.Event()
@@ -771,10 +771,12 @@ def print_summary(s: CacheSummary, console=None) -> None:
         f"this run: {s.ok} answered, {s.errors} errors, ${s.spent_usd:.5f} spent in {s.elapsed_s:.1f} s",
     ]
     if s.budget_usd is not None:
-        lines.append(f"budget: ${s.budget_usd:.4f} (never exceeded by reservations; overruns: {s.budget_overruns})")
+        lines.append(f"budget: ${s.budget_usd:.4f} for the whole cache file: ${s.spent_before_usd:.5f} recorded before "
+                     f"this run + ${s.spent_usd:.5f} this run (never exceeded by reservations; overruns: "
+                     f"{s.budget_overruns})")
     if s.stopped == "budget":
-        lines.append(f"[yellow]stopped by the budget: {s.not_scheduled} pair(s) not called; raise --budget-usd and "
-                     "re-run to continue")
+        lines.append(f"[yellow]stopped by the budget: {s.not_scheduled} pair(s) not called; the cap covers everything "
+                     "the file records: raise --budget-usd and re-run to continue")
     elif s.stopped == "interrupted":
         lines.append(f"[yellow]interrupted: {s.planned - s.ok - s.errors} pair(s) not done; re-run the same command "
                      "to resume")

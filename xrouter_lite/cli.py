@@ -5,22 +5,57 @@ Heavy imports (torch, transformers, litellm) happen inside the commands, so `xro
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+class _DropKernelsHint(logging.Filter):
+    """bitsandbytes logs "Failed to load CPU gemm_4bit_forward ... `pip install kernels`" on every CPU import: an
+    optional speed-up from the Hub (unreachable offline), not an error; it printed before every model load and
+    before our own error messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pip install kernels" not in record.getMessage()
+
+
+def quiet_library_warnings() -> None:
+    """Silence third-party messages that are noise to a user of this tool (idempotent)."""
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropKernelsHint) for f in log.filters):
+        log.addFilter(_DropKernelsHint())
+
+
+quiet_library_warnings()
 
 app = typer.Typer(
     help="xrouter-lite: build an offline cache, make DPO pairs, train a QLoRA router, evaluate it, serve it.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+# Help texts are rich markup: a literal "[" would be eaten (tests/test_cli_help.py checks there is none).
 import_app = typer.Typer(help="Import recorded runs into the offline cache format.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 
 
+# Exit codes of every command (README: "Exit codes"):
+EXIT_OK = 0
+EXIT_FAILED = 1  # ran, but produced nothing usable (e.g. no training pair)
+EXIT_USAGE = 2  # bad input: a config, an option or a file (one line names the file, key and problem)
+EXIT_STOPPED = 75  # stopped early by the budget (BSD EX_TEMPFAIL): what is done is kept; raise the cap and re-run
+EXIT_INTERRUPTED = 130  # stopped early by Ctrl-C / SIGTERM (128 + SIGINT): what is done is kept; re-run to go on
+
+
 def main() -> None:
     app()
+
+
+def _fail(e: BaseException, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: MESSAGE`` (one line, no markup interpretation) and return the Exit to raise."""
+    typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+    return typer.Exit(code)
 
 
 @app.command("fetch-assets")
@@ -48,7 +83,7 @@ def cache_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N questions of the file."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Calls in flight at once (default: 16)."),
     rate_limit_rpm: Optional[float] = typer.Option(None, "--rate-limit-rpm", min=0.001, help="Requests per minute per model, retries included (default: unlimited)."),
-    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="Hard spending cap in USD: worst-case costs are reserved before each call; stops before crossing it."),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="Hard spending cap in USD on the whole cache file (what it already records counts): worst-case costs are reserved before each call; stops before crossing it (exit code 75)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Output token cap per answer (default: 1024; reasoning models get --reasoning-max-tokens)."),
     reasoning_max_tokens: Optional[int] = typer.Option(None, "--reasoning-max-tokens", min=1, help="Output budget of reasoning models, thinking included (default: 16384)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, max=2.0, help="Sampling temperature (default: 0; reasoning models always use 1)."),
@@ -68,8 +103,10 @@ def cache_cmd(
 
     from rich.console import Console
 
-    from .cache import CacheConfigError, estimate_cache_cost, load_cache_config, print_estimate, print_summary, run_cache
-    from .pool import PoolError
+    from rich.markup import escape
+
+    from .cache import estimate_cache_cost, load_cache_config, print_estimate, print_summary, run_cache
+    from .config import ConfigError
     from .records import CacheFormatError
 
     console = Console(stderr=True)
@@ -87,15 +124,17 @@ def cache_cmd(
             print_estimate(estimate_cache_cost(cfg), Console(), cfg)
             return
         summary = run_cache(cfg, console=console, progress=False if no_progress else None)
-    except (CacheConfigError, PoolError, CacheFormatError, DataFormatError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+    except (ConfigError, CacheFormatError, DataFormatError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
     print_summary(summary, console)
     if json_summary:
         json_summary.parent.mkdir(parents=True, exist_ok=True)
         json_summary.write_text(json.dumps(summary.to_dict(), indent=2), encoding="utf-8")
     if summary.stopped == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.stopped == "budget":
+        raise typer.Exit(EXIT_STOPPED)
 
 
 @app.command("cache-compact")
@@ -124,7 +163,7 @@ def import_routerbench_cmd(
     csv_files: list[Path] = typer.Argument(..., help="RouterBench CSV file(s), e.g. ../shared/data/routerbench/*.csv"),
     out: Path = typer.Option(..., "--out", "-o", help="Offline cache (JSONL) to write; existing records are kept."),
     pool: Optional[Path] = typer.Option(
-        None, "--pool", help="Pool YAML whose model ids the CSV columns must match [default: configs/pool_routerbench.yaml]."
+        None, "--pool", help="Pool YAML whose model ids the CSV columns must match (default: configs/pool_routerbench.yaml)."
     ),
     limit_per_file: Optional[int] = typer.Option(
         None, "--limit-per-file", min=1, help="Import at most N complete rows per CSV (the first N, or a sample with --seed)."
@@ -149,8 +188,9 @@ def import_routerbench_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: the records written so far are kept (re-run to continue)", err=True)
-        raise typer.Exit(130) from None
+        typer.echo("interrupted: records appended to an existing file are kept (re-run to continue); a new or "
+                   "--overwrite file is not written", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(summary.format())
     typer.echo(f"wrote {out}")
 
@@ -206,10 +246,9 @@ def pairs_cmd(
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pydantic import ValidationError
-
-    from .pairs import PairsConfig, PairsInputError, load_count_tokenizer, print_report, run_pairs
-    from .pool import PoolError, load_pool
+    from .config import ConfigError
+    from .pairs import NoTrainingPairsError, PairsConfig, PairsInputError, load_count_tokenizer, print_report, run_pairs
+    from .pool import load_pool
 
     overrides = dict(
         strategy=strategy, margin=margin, max_pairs_per_prompt=max_pairs_per_prompt, k=k, lam=lam, cost_max=cost_max,
@@ -220,35 +259,32 @@ def pairs_cmd(
     try:
         cfg = PairsConfig.from_yaml(config, **overrides) if config else PairsConfig.from_dict(None, **overrides)
         the_pool = load_pool(pool)
-    except (ValueError, PoolError) as e:
-        if isinstance(e, ValidationError):
-            msg = "; ".join(
-                f"{'.'.join(map(str, x['loc'])) or 'config'}: {x['msg'].removeprefix('Value error, ')}" for x in e.errors()
-            )
-        else:
-            msg = str(e)
-        typer.echo(f"error: {msg}", err=True)
-        raise typer.Exit(2) from None
+    except ConfigError as e:
+        raise _fail(e) from None
     if not cache.exists():
         typer.echo(f"error: cache file not found: {cache}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
     tok = load_count_tokenizer(tokenizer)
     if tok is None:
         typer.echo("note: --tokenizer none: prompt lengths are neither counted nor capped", err=True)
     try:
         rep = run_pairs(cache, the_pool, cfg, out_dir=out_dir or cache.parent, tokenizer=tok, tokenizer_name=tokenizer)
     except PairsInputError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(e) from None
+    except NoTrainingPairsError as e:
+        print_report(e.report)
+        _unknown_models_note(e.report, pool)
+        raise _fail(e, EXIT_FAILED) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing written (earlier outputs, if any, are untouched)", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print_report(rep)
+    _unknown_models_note(rep, pool)
+
+
+def _unknown_models_note(rep, pool: Path) -> None:
     if rep.skipped_lines.get("unknown_model"):
         typer.echo(f"note: {rep.skipped_lines['unknown_model']} lines name models that are not in {pool}: wrong --pool?", err=True)
-    if rep.pairs_train == 0:
-        typer.echo("error: no training pair was produced (see the report above)", err=True)
-        raise typer.Exit(1)
 
 # ---- stage 3: training (train.py) --------------------------------------------------------------------------------
 
@@ -341,7 +377,8 @@ def eval_cmd(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .evaluate import EvalConfig, evaluate, load_config
+    from .config import ConfigError
+    from .evaluate import check_config, evaluate, load_config
 
     extra = None
     if extra_adapter:
@@ -349,7 +386,7 @@ def eval_cmd(
         for item in extra_adapter:
             if "=" not in item:
                 typer.echo(f"error: --extra-adapter wants LABEL=FOLDER, got {item!r}", err=True)
-                raise typer.Exit(2)
+                raise typer.Exit(EXIT_USAGE)
             k, v = item.split("=", 1)
             extra[k] = v
     overrides = dict(
@@ -361,24 +398,20 @@ def eval_cmd(
         baselines=[x.strip() for x in baselines.split(",") if x.strip()] if baselines is not None else None,
     )
     try:
-        if config:
-            cfg = load_config(config, **overrides)
-        else:
-            if test_cache is None:
-                typer.echo("error: give --test-cache (or --config)", err=True)
-                raise typer.Exit(2)
-            cfg = EvalConfig(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        if config is None and test_cache is None:
+            typer.echo("error: give --test-cache (or --config)", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        cfg = load_config(config, **overrides)
+        check_config(cfg, where=str(config) if config else "command line")
+    except ConfigError as e:
+        raise _fail(e) from None
     try:
         rep = evaluate(cfg, log=lambda m: typer.echo(m, err=True))
     except (ValueError, FileNotFoundError, KeyError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(e) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: decisions.jsonl keeps the decisions made so far; no report written", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo((Path(cfg.out_dir) / "report.md").read_text(encoding="utf-8"))
     if rep.get("router") and rep["router"].get("invalid_actions"):
         typer.echo(f"note: {rep['router']['invalid_actions']} invalid router action(s) fell back to the default model", err=True)
@@ -488,17 +521,30 @@ def run_cmd(
     smoke: bool = typer.Option(False, "--smoke", help="A tiny slice of the example (the config's smoke: section), for CI."),
     force: bool = typer.Option(False, "--force", help="Redo every stage, even those whose output is already there."),
 ) -> None:
-    """Run the whole pipeline: cache (import or generate) -> DPO pairs -> QLoRA DPO training -> evaluation."""
-    from .pipeline import PipelineConfigError, run_pipeline
+    """Run the whole pipeline: cache (import or generate) -> DPO pairs -> QLoRA DPO training -> evaluation.
+
+    Every section of the config is checked before any stage starts. Exit codes: 0 done, 1 a stage produced
+    nothing usable, 2 bad config or input, 75 stopped early by the cache budget, 130 interrupted."""
+    from .config import ConfigError
+    from .importers import RouterBenchImportError
+    from .pairs import NoTrainingPairsError
+    from .pipeline import PipelineStopped, run_pipeline
+    from .records import CacheFormatError
+    from .train import ModelTooLargeError, TrainDataError
 
     try:
         run_pipeline(config, smoke=smoke, force=force, say=typer.echo)
-    except (PipelineConfigError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    except (ConfigError, RouterBenchImportError, CacheFormatError, TrainDataError, ModelTooLargeError,
+            FileNotFoundError) as e:
+        raise _fail(e) from None
+    except NoTrainingPairsError as e:
+        raise _fail(e, EXIT_FAILED) from None
+    except PipelineStopped as e:
+        typer.echo(f"stopped early: {e}", err=True)
+        raise typer.Exit(EXIT_STOPPED) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: finished stages keep their outputs; run the same command again to go on", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import metrics
+from .config import COMMAND_LINE, ConfigError
+from .config import load_config as _load_config
 from .pool import ModelSpec, Pool, load_pool
 from .records import ReadReport, iter_records
 from .router import (
@@ -97,20 +98,43 @@ class EvalConfig(BaseModel):
     plot: bool = True
 
 
-def load_config(path: str | Path, **overrides: Any) -> EvalConfig:
-    """An EvalConfig from a YAML file; ``overrides`` that are not None replace file values."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"eval config not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of eval options")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return EvalConfig(**data)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"{path}: {problems}") from None
+class EvalConfigError(ConfigError):
+    """A bad evaluation setting (``config.ConfigError``: ``FILE: key: problem``)."""
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> EvalConfig:
+    """An EvalConfig from a YAML file (or none: options only); ``overrides`` that are not None replace file
+    values. One line per problem, unknown keys refused (``config.load_config``)."""
+    return _load_config(EvalConfig, path, overrides, what="eval config", error=EvalConfigError)
+
+
+def check_config(cfg: EvalConfig, where: str | Path = COMMAND_LINE) -> None:
+    """What can be checked before any work (and before any model loads): adapters exist, the baselines asked for
+    are known and have what they need (a baseline given explicitly that needs the training cache is an error
+    without one; the default list skips them with a note). ``EvalConfigError`` otherwise."""
+    bad = sorted(set(cfg.baselines) - set(ALL_BASELINES))
+    if bad:
+        raise EvalConfigError(where, f"unknown baseline(s) {bad}; known: {list(ALL_BASELINES)}", key="baselines")
+    needs_train = sorted({"knn", "best_single"} & set(cfg.baselines))
+    if needs_train and not cfg.train_cache and "baselines" in cfg.model_fields_set:
+        raise EvalConfigError(
+            where, f"the baseline(s) {needs_train} need the training cache: give --train-cache (train_cache:) "
+            "or leave them out of --baselines", key="train_cache")
+    if not cfg.adapter and not cfg.extra_adapters and not cfg.baselines:
+        raise EvalConfigError(where, "nothing to evaluate: no adapter and no baseline", key="baselines")
+    for label, folder in ({"adapter": cfg.adapter} if cfg.adapter else {}) | {
+            f"extra_adapters.{k}": v for k, v in cfg.extra_adapters.items()}.items():
+        p = Path(folder)
+        if not p.exists():
+            raise EvalConfigError(where, f"adapter folder not found: {folder}", key=label)
+        if not (p / "adapter_config.json").is_file():
+            raise EvalConfigError(
+                where, f"{folder} is not a LoRA adapter folder (no adapter_config.json; "
+                "`xrouter-lite train` writes one)", key=label)
+    for key in ("test_cache", "train_cache"):
+        v = getattr(cfg, key)
+        if v is not None and not Path(v).is_file():
+            raise EvalConfigError(where, f"file not found: {v}", key=key)
 
 
 # ---- the per-prompt table -------------------------------------------------------------------------------------------
@@ -122,7 +146,8 @@ class LoadStats:
     errored: int = 0
     ungraded: int = 0
     duplicates: int = 0
-    unknown_models: int = 0
+    unknown_models: int = 0  # records of models left out (not in the pool / not offered)
+    unknown_model_names: list[str] = field(default_factory=list)
     prompts: int = 0
     incomplete_dropped: int = 0
     overlap_dropped: int = 0
@@ -151,6 +176,8 @@ def load_prompts(
             continue
         if wanted is not None and rec.model_name not in wanted:
             stats.unknown_models += 1
+            if rec.model_name not in stats.unknown_model_names:
+                stats.unknown_model_names.append(rec.model_name)
             continue
         rec.validate_numbers(f"{path}: prompt {rec.prompt_id} model {rec.model_name}")
         p = table.get(rec.prompt_id)
@@ -169,6 +196,21 @@ def load_prompts(
         prompts = kept
     stats.prompts = len(prompts)
     return prompts, stats
+
+
+def describe_load_stats(st: LoadStats) -> str:
+    """One readable line of what ``load_prompts`` kept and left out."""
+    parts = [f"{st.records} record(s) read"]
+    if st.errored:
+        parts.append(f"{st.errored} errored")
+    if st.ungraded:
+        parts.append(f"{st.ungraded} ungraded")
+    if st.unknown_models:
+        parts.append(f"{st.unknown_models} of model(s) not in the pool ({', '.join(st.unknown_model_names[:5])})")
+    if st.incomplete_dropped:
+        parts.append(f"{st.incomplete_dropped} prompt(s) dropped for lacking a model's answer (require_complete)")
+    parts.append(f"{st.prompts} prompt(s) kept")
+    return ", ".join(parts)
 
 
 def mean_cost_per_query(prompts: Sequence[LabeledPrompt]) -> dict[str, float]:
@@ -351,6 +393,7 @@ def curve_metrics(points: Sequence[dict[str, Any]], ref: dict[str, Any]) -> dict
 def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
     """Run the evaluation described by ``cfg``; write the report files; return report.json's content."""
     t_start = time.perf_counter()
+    check_config(cfg)
     pool = load_pool(cfg.pool)
     models = cfg.offered_models or pool.ids
     unknown = [m for m in models if m not in pool]
@@ -364,8 +407,13 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
     if cfg.max_queries is not None and cfg.max_queries < len(test):
         keep = set(random.Random(cfg.seed).sample(range(len(test)), cfg.max_queries))
         test = [p for i, p in enumerate(test) if i in keep]
+    if test_stats.unknown_models:
+        log(f"warning: {test_stats.unknown_models} record(s) of {len(test_stats.unknown_model_names)} model(s) in "
+            f"{cfg.test_cache} left out: not in the pool {cfg.pool}"
+            + (" or not offered" if cfg.offered_models else "")
+            + f" ({', '.join(test_stats.unknown_model_names[:5])}{', ...' if len(test_stats.unknown_model_names) > 5 else ''})")
     if not test:
-        raise ValueError(f"{cfg.test_cache}: no usable prompt (stats: {test_stats})")
+        raise ValueError(f"{cfg.test_cache}: no usable prompt: {describe_load_stats(test_stats)}")
     train: list[LabeledPrompt] = []
     train_stats = None
     if cfg.train_cache:

@@ -28,8 +28,10 @@ by default); an unknown column is an error naming the file and column. The CSVs 
 ``limit_per_file`` + ``seed`` a first counting pass picks the sampled rows so order is kept.
 
 An existing output file is never clobbered silently: its (prompt_id, model) pairs are kept and skipped
-(re-running an import is a no-op) unless ``overwrite=True``, which writes a new file beside it and renames it
-into place only when the import has finished.
+(re-running an import is a no-op) unless ``overwrite=True``. A new file (and ``overwrite=True``) is written beside
+the output as ``.NAME.importing`` and renamed into place only when the import has succeeded: a failed or
+interrupted import leaves no file behind and the old one untouched. Importing nothing at all (no complete row, e.g.
+a header-only CSV) is an error.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import packaged_config
 from .grading import extract_answer
 from .pool import Pool, load_pool
 from .records import CacheRecord, RecordWriter, TokenUsage, iter_records
@@ -61,12 +64,9 @@ __all__ = [
     "import_routerbench",
 ]
 
-DEFAULT_POOL = Path(__file__).resolve().parent.parent / "configs" / "pool_routerbench.yaml"
-
-
 def default_pool_path() -> Path:
-    """``configs/pool_routerbench.yaml`` of this checkout, else of the current directory."""
-    return DEFAULT_POOL if DEFAULT_POOL.exists() else Path("configs") / "pool_routerbench.yaml"
+    """``configs/pool_routerbench.yaml`` of the current directory, else the copy shipped with the package."""
+    return packaged_config("configs/pool_routerbench.yaml")
 
 EVAL_TASKS: dict[str, str] = {
     "arc-challenge": "mc",
@@ -397,25 +397,37 @@ def import_routerbench(
     out = Path(out)
     summary = ImportSummary()
     present: set[tuple[str, str]] = set()
-    target = out
-    if out.exists() and not overwrite:
+    appending = out.exists() and not overwrite
+    if appending:
         for _, rec in iter_records(out):
             present.add(rec.key)
-    elif overwrite:
-        target = out.with_name(out.name + ".importing")
-        if target.exists():
-            target.unlink()
-    writer = RecordWriter(target, fsync_every=1000)
+        target = out
+    else:  # a new file, or --overwrite: written beside it and renamed into place only when the import succeeded
+        target = out.with_name(f".{out.name}.importing")
+        target.unlink(missing_ok=True)
+    writer = None
     try:
         for recs in iter_routerbench(paths, pool=pool, limit_per_file=limit_per_file, seed=seed, summary=summary):
             for r in recs:
                 if r.key in present:
                     summary.records_already_present += 1
                     continue
+                if writer is None:  # opened at the first record: a failed import leaves no empty file
+                    writer = RecordWriter(target, fsync_every=1000)
                 writer.write(r)
                 summary.records_written += 1
-    finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+        if summary.records_written == 0 and summary.records_already_present == 0:
+            raise RouterBenchImportError(
+                f"nothing imported from {', '.join(map(str, paths))}: no complete row "
+                f"({summary.rows_skipped} row(s) skipped); {out} is left as it was")
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if target != out:
+            target.unlink(missing_ok=True)
+        raise
     if target != out:
         os.replace(target, out)
     return summary

@@ -50,6 +50,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .config import COMMAND_LINE, read_yaml_mapping, validate_config
 from .pool import Pool
 from .prompting import DEFAULT_MAX_PROMPT_TOKENS, PromptTooLongError, build_router_prompt, dpo_example, encode_prompt
 from .records import CacheFormatError, ReadReport, iter_records
@@ -64,6 +65,7 @@ TRAIN_FILE = "dpo_train_data.json"
 EVAL_FILE = "dpo_eval_data.json"
 TEST_CACHE_FILE = "test_cache.jsonl"
 REPORT_FILE = "pairs_report.json"
+OUTPUT_FILES = (TRAIN_FILE, EVAL_FILE, TEST_CACHE_FILE, REPORT_FILE)  # what a run writes; each run leaves exactly its own
 MAX_EXAMPLES = 20  # skipped-line messages kept in the report
 
 
@@ -99,31 +101,26 @@ class PairsConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PairsConfig:
         """Load a YAML config; ``overrides`` (None values ignored) win over the file. Reward keys may be given
-        flat as ``k``, ``lam``, ``cost_max``, ``cost_unit``."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot read the pairs config: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        try:
-            return cls.from_dict(data, **overrides)
-        except ValidationError as e:
-            raise ValueError(f"{path}: {_pretty(e)}") from None
+        flat as ``k``, ``lam``, ``cost_max``, ``cost_unit``. Errors: ``config.ConfigError`` (``FILE: key: problem``)."""
+        return cls.from_dict(read_yaml_mapping(path, "pairs config"), where=path, **overrides)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> PairsConfig:
+    def from_dict(cls, data: dict[str, Any] | None = None, *, where: str | Path = COMMAND_LINE, prefix: str = "",
+                  **overrides: Any) -> PairsConfig:
+        """The config from a mapping (a YAML file's content, or the ``pairs:`` section of a pipeline config);
+        unknown keys are refused at every depth (``reward.lamda`` too)."""
         data = dict(data or {})
-        reward = dict(data.pop("reward", None) or {})
+        reward = data.get("reward")
+        reward = dict(reward) if isinstance(reward, dict) else ({} if reward is None else reward)
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key in ("k", "lam", "cost_max", "cost_unit"):
+            if key in ("k", "lam", "cost_max", "cost_unit") and isinstance(reward, dict):
                 reward[key] = value
             else:
                 data[key] = value
-        return cls(reward=RewardConfig(**reward), **data)
+        data["reward"] = reward
+        return validate_config(cls, data, where, prefix)
 
 
 def _pretty(e: ValidationError) -> str:
@@ -399,8 +396,8 @@ class PairsReport:
 
 
 class _AtomicLines:
-    """Writes lines to ``path.tmp`` and renames it over ``path`` on commit, so an interrupted run leaves the
-    previous output untouched."""
+    """Writes lines to ``.NAME.tmp`` beside ``NAME``; ``finish`` makes the temp file durable, ``commit_all``
+    renames a whole run's temp files into place together, ``abort`` removes the temp file."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -410,16 +407,57 @@ class _AtomicLines:
     def write(self, line: str) -> None:
         self.f.write(line if line.endswith("\n") else line + "\n")
 
+    def finish(self) -> None:
+        if not self.f.closed:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+
     def commit(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        self.finish()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         if not self.f.closed:
             self.f.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class NoTrainingPairsError(ValueError):
+    """The run made no training pair: nothing was written (the folder is as it was). ``report`` says why."""
+
+    def __init__(self, report: PairsReport):
+        self.report = report
+        super().__init__("no training pair was produced (see the report above); nothing was written")
+
+
+def _remove_if_made(out_dir: str | Path | None, made: bool) -> None:
+    if made and out_dir is not None:
+        try:
+            Path(out_dir).rmdir()  # only if still empty
+        except OSError:
+            pass
+
+
+def _commit_all(out: Path, writers: list[_AtomicLines], outputs: tuple[str, ...]) -> None:
+    """Put a finished run's files in place: every temp file renamed over its output, then the outputs of a previous
+    run that this run does not make (e.g. an old ``test_cache.jsonl`` after a run without an eval split) removed,
+    so the folder holds exactly this run's outputs. Called only when every temp file is complete and fsync'ed:
+    the renames and removals follow one another within milliseconds."""
+    made = {w.path.name for w in writers}
+    for w in writers:
+        os.replace(w.tmp, w.path)
+    for name in outputs:
+        if name not in made:
+            (out / name).unlink(missing_ok=True)
+    try:  # make the renames durable
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover (Windows, or a file system without directory fsync)
+        pass
 
 
 def run_pairs(
@@ -461,8 +499,10 @@ def run_pairs(
     cost_sums = [0.0, 0.0]
 
     writers: dict[str, _AtomicLines] = {}
+    made_dir = False
     if out_dir is not None:
         out = Path(out_dir)
+        made_dir = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         writers["train"] = _AtomicLines(out / TRAIN_FILE)
         if eval_ids:
@@ -548,10 +588,8 @@ def run_pairs(
     except BaseException:
         for w in writers.values():
             w.abort()
+        _remove_if_made(out_dir, made_dir)
         raise
-    for w in writers.values():
-        w.commit()
-        rep.outputs[w.path.name] = str(w.path)
 
     rep.no_pair = dict(no_pair)
     if rep.pairs_total:
@@ -565,11 +603,28 @@ def run_pairs(
     if tokenizer is not None:
         rep.prompt_tokens = length_stats(lengths)
     if out_dir is not None:
-        p = Path(out_dir) / REPORT_FILE
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
-        rep.outputs[REPORT_FILE] = str(p)
+        # A run's outputs appear together or not at all: a failed run (an error, Ctrl-C, no training pair)
+        # leaves the folder byte for byte as it was.
+        out = Path(out_dir)
+        files = list(writers.values())
+        try:
+            if rep.pairs_train == 0:
+                raise NoTrainingPairsError(rep)
+            for w in files:
+                w.finish()
+                rep.outputs[w.path.name] = str(w.path)
+            rep.outputs[REPORT_FILE] = str(out / REPORT_FILE)
+            report_w = _AtomicLines(out / REPORT_FILE)
+            files.append(report_w)
+            report_w.write(json.dumps(rep.to_dict(), indent=2, ensure_ascii=False))
+            report_w.finish()
+        except BaseException:
+            for w in files:
+                w.abort()
+            rep.outputs.clear()
+            _remove_if_made(out, made_dir)
+            raise
+        _commit_all(out, files, OUTPUT_FILES)
     return rep
 
 

@@ -28,15 +28,22 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .config import ConfigError, read_yaml_mapping, validate_config
 
-class PipelineConfigError(ValueError):
+
+class PipelineConfigError(ConfigError):
     pass
+
+
+class PipelineStopped(RuntimeError):
+    """A stage stopped early (the cache stage's budget): the stages after it were not run. The finished stages
+    keep their outputs; the message (one line) says how to go on. The command line exits with code 75."""
 
 
 class SmokeSettings(BaseModel):
@@ -45,6 +52,15 @@ class SmokeSettings(BaseModel):
     max_steps: int = 2
     max_queries: int = 12
     taus: list[float] = Field(default_factory=lambda: [0.0, 1.0, 100.0])
+
+
+class ImportSection(BaseModel):
+    """``cache:`` when the cache is imported from RouterBench CSVs."""
+
+    model_config = ConfigDict(extra="forbid")
+    import_routerbench: list[str]
+    limit_per_file: int | None = Field(None, ge=1)
+    seed: int | None = 0
 
 
 class PipelineConfig(BaseModel):
@@ -62,20 +78,105 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
-        path = Path(path)
-        if not path.exists():
-            raise PipelineConfigError(f"pipeline config not found: {path}")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise PipelineConfigError(f"{path}: expected a mapping")
-        try:
-            cfg = cls(**data)
-        except Exception as e:  # pydantic ValidationError: name the file
-            raise PipelineConfigError(f"{path}: {e}") from None
+        """The file's top level (``PipelineConfigError``: ``FILE: key: problem``). ``check_pipeline`` checks the
+        stage sections."""
+        data = read_yaml_mapping(path, "pipeline config", error=PipelineConfigError)
+        if isinstance(data.get("cache"), dict) and isinstance(data["cache"].get("import_routerbench"), str):
+            data["cache"] = {**data["cache"], "import_routerbench": [data["cache"]["import_routerbench"]]}
+        cfg = validate_config(cls, data, path, error=PipelineConfigError)
         src = cfg.cache
         if ("import_routerbench" in src) == ("generate" in src):
-            raise PipelineConfigError(f"{path}: cache: give exactly one of import_routerbench (CSV list) or generate")
+            raise PipelineConfigError(path, "give exactly one of import_routerbench (CSV list) or generate", key="cache")
         return cfg
+
+
+@dataclass
+class PipelinePlan:
+    """Every stage's config, checked before any stage starts."""
+
+    config: PipelineConfig
+    out: Path
+    cache_import: ImportSection | None
+    cache_generate: Any  # cache.CacheConfig | None
+    pairs: Any  # pairs.PairsConfig
+    train: Any  # train.TrainConfig (train_cuda's on a CUDA machine)
+    eval: Any  # evaluate.EvalConfig
+
+
+def check_pipeline(config_path: str | Path, *, smoke: bool = False, cuda: bool | None = None) -> PipelinePlan:
+    """Load the pipeline config and build every stage's config from it, with the paths between stages filled in:
+    every problem, in any section and at any depth, is a ``ConfigError`` naming the file and the key path
+    (``FILE: eval.taus.0: ...``) before any stage has started."""
+    from .cache import CacheConfig
+    from .evaluate import ALL_BASELINES, EvalConfig
+    from .pairs import PairsConfig
+    from .pool import load_pool
+    from .train import TrainConfig
+
+    where = str(config_path)
+    cfg = PipelineConfig.load(config_path)
+    out = Path(cfg.out_dir)
+    if smoke:
+        out = out.with_name(out.name + "-smoke")
+    cache_path = out / "offline_cache.jsonl"
+    pool = load_pool(cfg.pool)
+
+    imp = gen = None
+    if "import_routerbench" in cfg.cache:
+        imp = validate_config(ImportSection, cfg.cache, where, prefix="cache", error=PipelineConfigError)
+        if smoke:
+            imp = imp.model_copy(update={"limit_per_file": cfg.smoke.limit_per_file})
+    else:
+        extra = sorted(set(cfg.cache) - {"generate"})
+        if extra:
+            raise PipelineConfigError(where, "unknown key (with generate: only generate)", key=f"cache.{extra[0]}")
+        g = cfg.cache["generate"]
+        if not isinstance(g, dict):
+            raise PipelineConfigError(where, "expected a mapping of cache settings", key="cache.generate")
+        g = dict(g)
+        g.setdefault("pool", str(cfg.pool))
+        g["out"] = str(cache_path)
+        if smoke:
+            g["limit"] = min(int(g.get("limit") or 10**9), cfg.smoke.limit_per_file)
+        gen = validate_config(CacheConfig, g, where, prefix="cache.generate", error=PipelineConfigError)
+
+    pcfg = PairsConfig.from_dict(dict(cfg.pairs), where=where, prefix="pairs")
+
+    use_cuda = _cuda() if cuda is None else cuda
+    section = "train_cuda" if (cfg.train_cuda and use_cuda) else "train"
+    tcfg = None
+    for name in ("train", "train_cuda"):
+        raw = getattr(cfg, name)
+        if raw is None:
+            continue
+        tdict = dict(raw)
+        tdict["data_path"] = str(out / "dpo_train_data.json")
+        tdict["output_dir"] = str(out / "router")
+        if smoke:
+            tdict["max_steps"] = cfg.smoke.max_steps
+            tdict["save_steps"] = max(cfg.smoke.max_steps, 1)
+            tdict["per_device_train_batch_size"] = 1
+            tdict["gradient_accumulation_steps"] = 1
+        t = validate_config(TrainConfig, tdict, where, prefix=name, error=PipelineConfigError)
+        if name == section:
+            tcfg = t
+
+    edict = dict(cfg.eval)
+    edict.update(test_cache=str(out / "test_cache.jsonl"), train_cache=str(cache_path), pool=str(cfg.pool),
+                 out_dir=str(out / "eval"), adapter=str(out / "router"))
+    if smoke:
+        edict["max_queries"] = cfg.smoke.max_queries
+        edict["taus"] = cfg.smoke.taus
+    ecfg = validate_config(EvalConfig, edict, where, prefix="eval", error=PipelineConfigError)
+    bad = sorted(set(ecfg.baselines) - set(ALL_BASELINES))
+    if bad:
+        raise PipelineConfigError(where, f"unknown baseline(s) {bad}; known: {list(ALL_BASELINES)}", key="eval.baselines")
+    for i, m in enumerate(ecfg.offered_models or []):
+        if m not in pool:
+            raise PipelineConfigError(where, f"model {m!r} is not in the pool {cfg.pool}", key=f"eval.offered_models.{i}")
+    if ecfg.default_model is not None and ecfg.default_model not in pool:
+        raise PipelineConfigError(where, f"model {ecfg.default_model!r} is not in the pool {cfg.pool}", key="eval.default_model")
+    return PipelinePlan(cfg, out, imp, gen, pcfg, tcfg, ecfg)
 
 
 def _cuda() -> bool:
@@ -107,77 +208,82 @@ def prepare_train_dir(router_dir: Path, *, force: bool, say=print) -> str:
 
 
 def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = False, say=print) -> dict[str, Any]:
-    """Run every stage; return the evaluation report (report.json's content) plus timings."""
+    """Run every stage; return the evaluation report (report.json's content) plus timings.
+
+    Every section of the config is checked first (``check_pipeline``). A stage that stops early stops the
+    pipeline: the cache stage's budget raises ``PipelineStopped``, Ctrl-C ``KeyboardInterrupt``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg = PipelineConfig.load(config_path)
-    out = Path(cfg.out_dir)
-    if smoke:
-        out = out.with_name(out.name + "-smoke")
+    plan = check_pipeline(config_path, smoke=smoke)
+    cfg = plan.config
+    out = plan.out
+    from .pairs import load_count_tokenizer
+
+    try:  # a bad name fails here, before any stage
+        pairs_tok = load_count_tokenizer(cfg.pairs_tokenizer)
+    except Exception as e:  # OSError / ValueError from transformers, with a long text
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PipelineConfigError(config_path, f"cannot load the tokenizer {cfg.pairs_tokenizer!r}: {first}",
+                                  key="pairs_tokenizer") from None
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     cache_path = out / "offline_cache.jsonl"
 
     # ---- stage 1: the offline cache ----
     t = time.time()
-    if "import_routerbench" in cfg.cache:
+    if plan.cache_import is not None:
         from .importers import import_routerbench
 
-        csvs = cfg.cache["import_routerbench"]
-        csvs = [csvs] if isinstance(csvs, str) else list(csvs)
-        limit = cfg.smoke.limit_per_file if smoke else cfg.cache.get("limit_per_file")
+        imp = plan.cache_import
         if force and cache_path.exists():
             cache_path.unlink()
-        say(f"[1/4] cache: importing {', '.join(csvs)} -> {cache_path}")
-        summary = import_routerbench(csvs, cache_path, pool_path=cfg.pool, limit_per_file=limit,
-                                     seed=cfg.cache.get("seed", 0))
+        say(f"[1/4] cache: importing {', '.join(imp.import_routerbench)} -> {cache_path}")
+        summary = import_routerbench(imp.import_routerbench, cache_path, pool_path=cfg.pool,
+                                     limit_per_file=imp.limit_per_file, seed=imp.seed)
         say(summary.format())
     else:
-        from .cache import CacheConfig, run_cache
+        from .cache import print_summary, run_cache
 
-        gen = dict(cfg.cache["generate"])
-        gen.setdefault("pool", str(cfg.pool))
-        gen["out"] = str(cache_path)
-        if smoke:
-            gen["limit"] = min(int(gen.get("limit") or 10**9), cfg.smoke.limit_per_file)
-        say(f"[1/4] cache: calling every pool model on {gen.get('dataset')} -> {cache_path}")
-        run_cache(CacheConfig(**gen))
+        gen = plan.cache_generate
+        say(f"[1/4] cache: calling every pool model on {gen.dataset} -> {cache_path}")
+        csum = run_cache(gen)
+        print_summary(csum)
+        if csum.stopped == "interrupted":
+            raise KeyboardInterrupt
+        if csum.stopped == "budget":
+            raise PipelineStopped(
+                f"the cache stage stopped at its budget (${gen.budget_usd:g} for the whole cache file) with "
+                f"{csum.not_scheduled} pair(s) not called; the later stages were not run: raise "
+                f"cache.generate.budget_usd in {config_path} and run the same command again")
     timings["cache_s"] = time.time() - t
 
     # ---- stage 2: DPO pairs ----
     t = time.time()
-    from .pairs import PairsConfig, load_count_tokenizer, print_report, run_pairs
+    from .pairs import NoTrainingPairsError, print_report, run_pairs
     from .pool import load_pool
 
     pool = load_pool(cfg.pool)
-    pcfg = PairsConfig.from_dict(dict(cfg.pairs))
     say(f"[2/4] pairs: {cache_path} -> {out / 'dpo_train_data.json'}")
-    rep = run_pairs(cache_path, pool, pcfg, out_dir=out, tokenizer=load_count_tokenizer(cfg.pairs_tokenizer),
-                    tokenizer_name=cfg.pairs_tokenizer)
+    try:
+        rep = run_pairs(cache_path, pool, plan.pairs, out_dir=out, tokenizer=pairs_tok,
+                        tokenizer_name=cfg.pairs_tokenizer)
+    except NoTrainingPairsError as e:
+        print_report(e.report)
+        raise
     print_report(rep)
-    if rep.pairs_train == 0:
-        raise PipelineConfigError("the pairs stage produced no training pair (see its report above)")
     timings["pairs_s"] = time.time() - t
 
     # ---- stage 3: training ----
     t = time.time()
-    from .train import TrainConfig, train
+    from .train import train
 
-    tdict = dict(cfg.train_cuda if (cfg.train_cuda and _cuda()) else cfg.train)
-    tdict["data_path"] = str(out / "dpo_train_data.json")
-    tdict["output_dir"] = str(out / "router")
-    if smoke:
-        tdict["max_steps"] = cfg.smoke.max_steps
-        tdict["save_steps"] = max(cfg.smoke.max_steps, 1)
-        tdict["per_device_train_batch_size"] = 1
-        tdict["gradient_accumulation_steps"] = 1
-    tcfg = TrainConfig.load(None, tdict)
-    action = prepare_train_dir(Path(tdict["output_dir"]), force=force, say=say)
+    tcfg = plan.train
+    action = prepare_train_dir(Path(tcfg.output_dir), force=force, say=say)
     if action == "reuse":
-        say(f"[3/4] train: reusing the completed adapter in {tdict['output_dir']} (--force retrains)")
+        say(f"[3/4] train: reusing the completed adapter in {tcfg.output_dir} (--force retrains)")
     else:
         how = " (resuming from the last checkpoint)" if action == "resume" else ""
-        say(f"[3/4] train: QLoRA DPO of {tcfg.model_name_or_path} -> {tdict['output_dir']}{how}")
+        say(f"[3/4] train: QLoRA DPO of {tcfg.model_name_or_path} -> {tcfg.output_dir}{how}")
         result = train(tcfg, resume=action == "resume", say=say)
         if result.interrupted:
             raise KeyboardInterrupt
@@ -185,21 +291,16 @@ def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = 
 
     # ---- stage 4: evaluation ----
     t = time.time()
-    from .evaluate import EvalConfig, evaluate
+    from .evaluate import evaluate
 
-    edict = dict(cfg.eval)
-    edict.update(test_cache=str(out / "test_cache.jsonl"), train_cache=str(cache_path), pool=str(cfg.pool),
-                 out_dir=str(out / "eval"), adapter=str(out / "router"))
-    if smoke:
-        edict["max_queries"] = cfg.smoke.max_queries
-        edict["taus"] = cfg.smoke.taus
-    say(f"[4/4] eval: the router and the baselines on the held-out prompts -> {edict['out_dir']}")
-    report = evaluate(EvalConfig(**edict), log=say)
+    ecfg = plan.eval
+    say(f"[4/4] eval: the router and the baselines on the held-out prompts -> {ecfg.out_dir}")
+    report = evaluate(ecfg, log=say)
     timings["eval_s"] = time.time() - t
     report["timings"] = timings
-    say((Path(edict["out_dir"]) / "report.md").read_text(encoding="utf-8"))
-    plot = Path(edict["out_dir"]) / "curve.png"
-    say(f"stage times: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
+    say((Path(ecfg.out_dir) / "report.md").read_text(encoding="utf-8"))
+    plot = Path(ecfg.out_dir) / "curve.png"
+    say("stage times: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()))
     if plot.exists():
         say(f"plot: {plot}")
     return report

@@ -24,14 +24,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .config import ConfigError, packaged_config, read_yaml, validate_config
 
 Tier = Literal["budget", "standard", "premium", "specialized", "local"]
 
 
-class PoolError(ValueError):
-    """A pool file is malformed; the message names the file and the model."""
+class PoolError(ConfigError):
+    """A pool file is malformed; the message names the file and the key path (``models.ID.field``)."""
 
 
 class ModelSpec(BaseModel):
@@ -39,8 +40,8 @@ class ModelSpec(BaseModel):
 
     id: str
     litellm_model: str
-    input_price: float = Field(ge=0, description="USD per 1M input tokens")
-    output_price: float = Field(ge=0, description="USD per 1M output tokens")
+    input_price: float = Field(ge=0, allow_inf_nan=False, description="USD per 1M input tokens")
+    output_price: float = Field(ge=0, allow_inf_nan=False, description="USD per 1M output tokens")
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(gt=0)
     tier: Tier = "standard"
@@ -133,33 +134,28 @@ class Pool:
 
 
 def load_pool(path: str | Path) -> Pool:
-    """Load and validate a pool YAML file. Errors name the file and the model."""
-    path = Path(path)
-    if not path.exists():
-        raise PoolError(f"pool file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise PoolError(f"{path}: not valid YAML: {e}") from e
+    """Load and validate a pool YAML file. Errors (``PoolError``, a ``config.ConfigError``) name the file and the
+    key path, e.g. ``pool.yaml: models.gpt-4o.input_price: ...``; a model id given twice is refused.
+
+    A missing ``configs/NAME.yaml`` is looked up among the configs shipped with the package (an installed wheel
+    has no ``configs/`` folder beside it)."""
+    path = packaged_config(path)
+    data = read_yaml(path, "pool", error=PoolError)
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict) or not data["models"]:
-        raise PoolError(f"{path}: expected a top-level 'models:' mapping of model id -> fields")
+        raise PoolError(path, "expected a top-level 'models:' mapping of model id -> fields")
     extra = set(data) - {"models", "name", "description"}
     if extra:
-        raise PoolError(f"{path}: unknown top-level keys {sorted(extra)} (allowed: models, name, description)")
+        raise PoolError(path, f"unknown key(s) {sorted(map(str, extra))} (allowed: models, name, description)",
+                        key=str(sorted(map(str, extra))[0]))
     specs = []
     for model_id, fields in data["models"].items():
+        where = f"models.{model_id}"
         if not isinstance(fields, dict):
-            raise PoolError(f"{path}: model {model_id!r}: expected a mapping of fields")
+            raise PoolError(path, "expected a mapping of fields", key=where)
+        if "id" in fields:
+            raise PoolError(path, "the model id is the key above it; no 'id' field", key=f"{where}.id")
         for required in ("input_price", "output_price"):
             if required not in fields:
-                raise PoolError(f"{path}: model {model_id!r}: missing price field {required!r} (USD per 1M tokens)")
-        try:
-            specs.append(ModelSpec(id=str(model_id), **fields))
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'model'}: {err['msg']}" for err in e.errors()
-            )
-            raise PoolError(f"{path}: model {model_id!r}: {problems}") from None
-        except TypeError as e:
-            raise PoolError(f"{path}: model {model_id!r}: {e}") from None
+                raise PoolError(path, "missing price (USD per 1M tokens)", key=f"{where}.{required}")
+        specs.append(validate_config(ModelSpec, {"id": str(model_id), **fields}, path, prefix=where, error=PoolError))
     return Pool(specs, source=str(path))

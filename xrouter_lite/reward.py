@@ -30,13 +30,14 @@ import math
 from collections.abc import Mapping
 from typing import Literal, get_args
 
+from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
 CostUnit = Literal["usd", "usd_per_1k", "normalized"]
 COST_UNITS: tuple[str, ...] = get_args(CostUnit)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class RewardConfig:
     """K, lambda, cost cap and cost unit of the reward. Defaults chosen from the lambda sweep (BENCHMARKS.md)."""
 

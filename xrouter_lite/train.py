@@ -53,6 +53,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import ConfigError
+
 from .prompting import (
     DEFAULT_MAX_PROMPT_TOKENS,
     PromptTooLongError,
@@ -142,29 +144,22 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """Defaults < YAML file < overrides (an override of None sets None). Errors name the file and the field."""
+        """Defaults < YAML file < overrides (an override of None sets None). Errors (``TrainConfigError``, a
+        ``config.ConfigError``) name the file and the field; unknown keys are refused."""
+        from .config import COMMAND_LINE, read_yaml_mapping, validate_config
+
         data: dict[str, Any] = {}
-        where = "config"
+        where = COMMAND_LINE
         if path is not None:
+            data.update(read_yaml_mapping(path, "training config", error=TrainConfigError))
             where = str(path)
-            try:
-                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as e:
-                raise TrainConfigError(f"{path}: cannot read the training config: {e}") from None
-            if loaded is not None and not isinstance(loaded, dict):
-                raise TrainConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-            data.update(loaded or {})
         if overrides:
             data.update(overrides)
-            where = f"{where} + command line" if path is not None else "command line"
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise TrainConfigError(f"{where}: {_pretty(e)}") from None
+        return validate_config(cls, data, where, error=TrainConfigError)
 
 
-class TrainConfigError(ValueError):
-    """A bad training setting; the message names the file/flag and the field."""
+class TrainConfigError(ConfigError):
+    """A bad training setting; the message names the file/flag and the field (``config.ConfigError``)."""
 
 
 class ModelTooLargeError(ValueError):
@@ -899,6 +894,19 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def absolute_base_model_path(adapter_dir: str | Path, model_name_or_path: str) -> None:
+    """Record a local base model as an absolute path in ``adapter_config.json`` (peft writes what it was given,
+    e.g. ``models/SmolLM2-135M-Instruct``, which ``PeftModel.from_pretrained`` cannot find from another working
+    directory). A Hub id is left as it is."""
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    local = Path(model_name_or_path).expanduser()
+    if not cfg_path.is_file() or not local.is_dir():
+        return
+    data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = str(local.resolve())
+    write_json_atomic(cfg_path, data)
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -967,6 +975,7 @@ def train(cfg: TrainConfig, resume: bool = False, say=print, callbacks: list | N
     trainer.save_model(str(out))  # the adapter (+ tokenizer: processing_class)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(out))
+        absolute_base_model_path(out, cfg.model_name_or_path)
     card = {
         "status": "interrupted" if interrupted else "completed",
         "stopped_at_step": stopper.stopped_at,
