@@ -122,8 +122,9 @@ def check_config(cfg: EvalConfig, where: str | Path = COMMAND_LINE) -> None:
             "or leave them out of --baselines", key="train_cache")
     if not cfg.adapter and not cfg.extra_adapters and not cfg.baselines:
         raise EvalConfigError(where, "nothing to evaluate: no adapter and no baseline", key="baselines")
-    for label, folder in ({"adapter": cfg.adapter} if cfg.adapter else {}) | {
-            f"extra_adapters.{k}": v for k, v in cfg.extra_adapters.items()}.items():
+    adapters = {"adapter": cfg.adapter} if cfg.adapter else {}
+    adapters.update({f"extra_adapters.{k}": v for k, v in cfg.extra_adapters.items()})
+    for label, folder in adapters.items():
         p = Path(folder)
         if not p.exists():
             raise EvalConfigError(where, f"adapter folder not found: {folder}", key=label)
