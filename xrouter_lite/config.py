@@ -178,8 +178,12 @@ def _walk(tp: Any, value: Any, path: str, out: list[tuple[str, str]]) -> None:
                 here = f"{path}.{key}" if path else str(key)
                 if key not in fields:
                     hint = difflib.get_close_matches(str(key), [str(f) for f in fields], n=1, cutoff=0.6)
-                    out.append((here, "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                                + f"; known: {', '.join(sorted(map(str, fields)))}"))
+                    if hint:
+                        out.append((here, f"unknown key (did you mean {hint[0]!r}?)"))
+                    elif len(fields) <= 12:
+                        out.append((here, f"unknown key (known: {', '.join(sorted(map(str, fields)))})"))
+                    else:
+                        out.append((here, f"unknown key (see {getattr(tp, '__name__', 'the config class')}'s fields)"))
                 else:
                     _walk(fields[key], sub, here, out)
         return
@@ -247,17 +251,23 @@ def validate_config(model_cls: type[T], data: Mapping[str, Any], where: str | Pa
     where = str(where)
     if not isinstance(data, Mapping):
         raise error(where, f"expected a mapping of key: value, got {type(data).__name__}", key=prefix or None)
-    problems = unknown_keys(model_cls, data, prefix)
-    if problems:
-        _raise(where, problems, error)
+    unknown = unknown_keys(model_cls, data, prefix)
     try:
         if isinstance(model_cls, type) and issubclass(model_cls, BaseModel):
-            return model_cls.model_validate(dict(data))
-        return TypeAdapter(model_cls).validate_python(dict(data))
+            model = model_cls.model_validate(dict(data))
+        else:
+            model = TypeAdapter(model_cls).validate_python(dict(data))
     except ValidationError as e:
-        _raise(where, format_validation_error(e, prefix) or [(prefix, "invalid")], error)
+        seen = {k for k, _ in unknown}
+        invalid = [(k, p) for k, p in format_validation_error(e, prefix) if k not in seen]
+        _raise(where, invalid + unknown or [(prefix, "invalid")], error)
     except (ValueError, TypeError) as e:  # a plain dataclass's __post_init__
+        if unknown:
+            _raise(where, unknown, error)
         raise error(where, _one_line(e), key=prefix or None) from None
+    if unknown:  # a class that ignores extra keys (pydantic's default): still refused
+        _raise(where, unknown, error)
+    return model
 
 
 def load_config(model_cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
