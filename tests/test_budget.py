@@ -122,3 +122,30 @@ train: {{model_name_or_path: {REPO / 'models' / 'SmolLM2-135M-Instruct'}, max_st
     assert len(stops) == 1 and "budget" in stops[0] and "Traceback" not in res.output
     assert "[2/4]" not in res.output  # no pairs, no training
     assert not (out / "dpo_train_data.json").exists() and not (out / "router").exists()
+
+
+def test_pipeline_stops_after_ctrl_c_in_the_cache_stage_with_exit_130(env, up, tmp_path):
+    _, pool, qs = env
+    cfg = tmp_path / "pipe.yaml"
+    out = tmp_path / "run"
+    cfg.write_text(f"""out_dir: {out}
+pool: {pool}
+cache:
+  generate: {{dataset: {qs}, max_tokens: 64, concurrency: 1}}
+pairs_tokenizer: none
+train: {{model_name_or_path: {REPO / 'models' / 'SmolLM2-135M-Instruct'}, max_steps: 1}}
+""")
+    up.control(latency_s=0.3)
+    proc = subprocess.Popen([sys.executable, "-m", "xrouter_lite.cli", "run", "-c", str(cfg)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    cache = out / "offline_cache.jsonl"
+    deadline = time.time() + 60
+    while not (cache.exists() and cache.read_text().count("\n") >= 2):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    up.control(latency_s=0.0)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "[2/4]" not in stdout and not (out / "dpo_train_data.json").exists()

@@ -204,3 +204,13 @@ def test_shipped_configs_load_with_the_one_loader():
         for cuda in (False, True):
             plan = check_pipeline(REPO / "configs" / name, cuda=cuda)
             assert plan.train.data_path.endswith("dpo_train_data.json")
+
+
+def test_the_loader_reads_the_serve_settings_too(tmp_path):
+    # serving keeps its own loader for now (ServeSettings.from_yaml); load_config is ready for it
+    from xrouter_lite.serve import ServeSettings
+
+    s = load_config(ServeSettings, REPO / "configs" / "serve.yaml", {"port": 9999, "tau": None})
+    assert s.port == 9999
+    with pytest.raises(ConfigError, match=r"s\.yaml: prot: unknown key \(did you mean 'port'\?\)"):
+        load_config(ServeSettings, _w(tmp_path, "prot: 1\n", "s.yaml"))
