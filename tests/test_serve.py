@@ -284,17 +284,19 @@ def test_a_failing_router_means_the_default_model(up, router):
 @TRANSPORTS
 def test_streaming_chunks_and_metadata_in_the_last_chunk(up, transport):
     with serve(up, upstream_transport=transport) as srv:
-        chunks = list(srv.client().chat.completions.create(model="router", messages=HARD, stream=True))
+        chunks = list(srv.client().chat.completions.create(model="router", messages=HARD, stream=True,
+                                                           stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWERS["strong"]
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed in pieces
     last = chunks[-1]
-    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert last.choices == [] and last.usage.completion_tokens > 0  # asked for: stream_options.include_usage
     md = last.router_metadata
     assert md["model_used"] == "strong" and md["routing_strategy"] == "delegate_to_model"
     assert md["total_cost"] == pytest.approx((last.usage.prompt_tokens * 5 + last.usage.completion_tokens * 20) / 1e6)
     assert {c.model for c in chunks} == {"strong"}
-    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    finish = chunks[-2]  # the last chunk with choices carries the metadata too
+    assert finish.choices[0].finish_reason == "stop" and finish.router_metadata == md
 
 
 @TRANSPORTS
@@ -380,6 +382,8 @@ def test_bad_input_gets_openai_style_errors(up):
         _assert_openai_error(post(json={"model": "router", "messages": [{"role": "system", "content": "hi"}]}), 400)
         _assert_openai_error(post(json={"model": "router", "messages": USER, "n": 3}), 400, "unsupported_value")
         _assert_openai_error(post(json={"model": "router", "messages": USER, "tools": [{"type": "function"}]}), 400)
+        _assert_openai_error(post(json={"model": "router", "messages": USER, "logprobs": True}), 400,
+                             "unsupported_parameter")
         big = {"model": "router", "messages": [{"role": "user", "content": "x" * 10_000}]}
         _assert_openai_error(post(json=big), 413, "request_too_large")
 
