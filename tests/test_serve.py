@@ -913,3 +913,12 @@ def test_decision_log_one_line_per_routed_request(up, tmp_path):
         srv.client().chat.completions.create(model="router", messages=USER)
     last = json.loads(path.read_text().splitlines()[-1])
     assert last["messages"] == USER and len(path.read_text().splitlines()) == 15  # appended, not overwritten
+
+
+def test_an_upstream_that_refuses_the_request_itself_gives_400_not_502(up):
+    up.control(script={"cheap": ["400"]})
+    with serve(up) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "cheap", "messages": USER}, timeout=10)
+    e = _assert_openai_error(r, 400, "upstream_rejected_request")
+    assert "bad request (fake upstream)" in e["message"]
+    assert r.json()["router_metadata"]["call_history"][0]["model_id"] == "cheap"

@@ -435,8 +435,8 @@ def serve_cmd(
         None, "--decision-log", help="Append one JSON line per routed request to this file (offered models, scores, "
         "costs, tau, choice, cost; the input of `calibrate --from-log`). Off by default."
     ),
-    decision_log_messages: Optional[bool] = typer.Option(
-        None, "--decision-log-messages", help="Also write each request's messages into the decision log (off by default)."
+    decision_log_messages: bool = typer.Option(
+        False, "--decision-log-messages", help="Also write each request's messages into the decision log (off by default)."
     ),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error (default: info)."),
 ) -> None:
@@ -453,7 +453,7 @@ def serve_cmd(
         api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
         server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
         max_body_bytes=max_body_bytes, max_router_batch=max_router_batch, batch_window_ms=batch_window_ms,
-        decision_log=decision_log, decision_log_messages=decision_log_messages, log_level=log_level,
+        decision_log=decision_log, decision_log_messages=decision_log_messages or None, log_level=log_level,
     )
     try:
         if config:
