@@ -78,6 +78,7 @@ __all__ = [
     "classify_exception",
     "api_key_for",
     "scrub_secrets",
+    "as_plain_dict",
     "http_session",
     "direct_request",
     "http_status_error",
@@ -106,7 +107,6 @@ REQUEST_KNOBS = frozenset({
     "parallel_tool_calls", "logprobs", "top_logprobs", "user",
 })
 """The request fields ``build_request_params`` accepts (sampling knobs and tools): the one list of them."""
-_REQUEST_KNOBS = REQUEST_KNOBS
 _REASONING_KNOBS = {"stop", "seed", "response_format", "reasoning_effort", "tools", "tool_choice",
                     "parallel_tool_calls", "user"}
 
@@ -304,9 +304,9 @@ def build_request_params(spec: ModelSpec, sampling_params: dict[str, Any] | None
                          reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS) -> dict[str, Any]:
     """The sampling part of the request for this model (reasoning rules applied, budgets clipped)."""
     p = dict(sampling_params or {})
-    unknown = set(p) - _REQUEST_KNOBS
+    unknown = set(p) - REQUEST_KNOBS
     if unknown:
-        raise ValueError(f"unknown sampling parameter(s) {sorted(unknown)} (known: {sorted(_REQUEST_KNOBS)})")
+        raise ValueError(f"unknown sampling parameter(s) {sorted(unknown)} (known: {sorted(REQUEST_KNOBS)})")
     budget = max_output_budget(spec, p, reasoning_min_tokens)
     if spec.reasoning:
         out = {k: v for k, v in p.items() if k in _REASONING_KNOBS}
@@ -342,7 +342,7 @@ def scrub_secrets(text: str, secrets: Sequence[str] = ()) -> str:
     return _KEYLIKE_RE.sub("***", text)
 
 
-_scrub = scrub_secrets
+_scrub = scrub_secrets  # the old private name (tests/test_llm.py imports it)
 
 
 def api_key_for(spec: ModelSpec) -> str | None:

@@ -123,11 +123,11 @@ class ChatRequest(BaseModel):
 
     def sampling_params(self) -> dict[str, Any]:
         """What the chosen model is sent besides the messages (exactly as the client sent it)."""
-        data = self.model_dump(exclude_none=True, include=set(PASS_FIELDS))
-        return data
+        return self.model_dump(exclude_none=True, include=set(PASS_FIELDS))
 
     def plain_messages(self) -> list[dict[str, Any]]:
-        return [m.model_dump(exclude_none=True) for m in self.messages]
+        """The messages as the client sent them (what it left out stays out; an explicit null stays null)."""
+        return [m.model_dump(exclude_unset=True) for m in self.messages]
 
 
 def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
