@@ -158,16 +158,20 @@ def parse_chat_request(data: dict[str, Any]) -> ChatRequest:
     return req
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def decode_json_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object (NaN and Infinity literals are refused), or ``ApiError(400)``."""
     if not body:
         raise ApiError(400, "empty request body: expected a JSON object", code="invalid_json")
 
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        data = json.loads(body, parse_constant=no_constants)
+        data = _DECODER.decode(body.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
         if isinstance(e, json.JSONDecodeError):
             msg = f"malformed JSON in the request body: {e.msg} at position {e.pos}"
