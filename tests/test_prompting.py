@@ -86,17 +86,32 @@ def test_conversation_history_rule():
         {"role": "system", "content": "be nice"},
         {"role": "user", "content": "first " * 100},
         {"role": "assistant", "content": "answer"},
-        {"role": "tool", "content": "ignored"},
+        {"role": "tool", "content": "a tool result"},
         {"role": "user", "content": [{"type": "text", "text": "the last question"}]},
     ]
     q = conversation_to_query(msgs)
     assert q.endswith("Current request:\nthe last question")
-    assert "be nice" not in q and "ignored" not in q
+    assert "be nice" not in q and "\ntool: a tool result\n" in q  # tool results are read, system prompts are not
     first_line = q.splitlines()[1]
     assert first_line.startswith("user: first") and len(first_line) == len("user: ") + HISTORY_CHARS
     assert conversation_to_query([{"role": "user", "content": "hi"}]) == "hi"
     with pytest.raises(ValueError, match="no user message"):
         conversation_to_query([{"role": "assistant", "content": "x"}])
+
+
+def test_an_agent_loop_shows_the_tool_calls_and_results_after_the_request():
+    msgs = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "18 C, rain " + "x" * 500},
+    ]
+    q = conversation_to_query(msgs)
+    head, since = q.split("\n\nSince then:\n")
+    assert head == "Weather in Paris?"
+    call, result = since.splitlines()
+    assert call == 'assistant: [calls: get_weather({"city": "Paris"})]'
+    assert result.startswith("tool get_weather: 18 C, rain") and len(result) == len("tool get_weather: ") + HISTORY_CHARS
 
 
 # ---- the action ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from starlette.requests import Request  # module level: FastAPI resolves handler
 
 from xrouter_lite.fake_upstream import FakeUpstream
 from xrouter_lite.pool import ModelSpec, Pool
-from xrouter_lite.router import BaseRouter, Decision
+from xrouter_lite.router import BaseRouter, Decision, ScoredDecision
 from xrouter_lite.serve import Scrubber, ServeSettings, create_app
 
 MODELS = ("cheap", "mid", "strong", "spare")
@@ -62,8 +62,9 @@ class KeywordRouter(BaseRouter):
             best = max(scores, key=scores.get)
             if self.invalid:
                 out.append(Decision("cheap", scores, valid=False, invalid_reason="bad_json"))
-            else:
-                out.append(Decision(best, scores))
+            else:  # what it was decided from: quality before cost, the normalised cost vector tau multiplies
+                out.append(ScoredDecision(best, scores, base_scores={s.id: QUALITY[kind][s.id] for s in off},
+                                          costs={s.id: sum(PRICES[s.id]) / top for s in off}, tau=tau or 0.0))
         return out
 
     def route(self, query, offered, tau=None):
@@ -284,17 +285,19 @@ def test_a_failing_router_means_the_default_model(up, router):
 @TRANSPORTS
 def test_streaming_chunks_and_metadata_in_the_last_chunk(up, transport):
     with serve(up, upstream_transport=transport) as srv:
-        chunks = list(srv.client().chat.completions.create(model="router", messages=HARD, stream=True))
+        chunks = list(srv.client().chat.completions.create(model="router", messages=HARD, stream=True,
+                                                           stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWERS["strong"]
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # really streamed in pieces
     last = chunks[-1]
-    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert last.choices == [] and last.usage.completion_tokens > 0  # asked for: stream_options.include_usage
     md = last.router_metadata
     assert md["model_used"] == "strong" and md["routing_strategy"] == "delegate_to_model"
     assert md["total_cost"] == pytest.approx((last.usage.prompt_tokens * 5 + last.usage.completion_tokens * 20) / 1e6)
     assert {c.model for c in chunks} == {"strong"}
-    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    finish = chunks[-2]  # the last chunk with choices carries the metadata too
+    assert finish.choices[0].finish_reason == "stop" and finish.router_metadata == md
 
 
 @TRANSPORTS
@@ -380,6 +383,8 @@ def test_bad_input_gets_openai_style_errors(up):
         _assert_openai_error(post(json={"model": "router", "messages": [{"role": "system", "content": "hi"}]}), 400)
         _assert_openai_error(post(json={"model": "router", "messages": USER, "n": 3}), 400, "unsupported_value")
         _assert_openai_error(post(json={"model": "router", "messages": USER, "tools": [{"type": "function"}]}), 400)
+        _assert_openai_error(post(json={"model": "router", "messages": USER, "logprobs": True}), 400,
+                             "unsupported_parameter")
         big = {"model": "router", "messages": [{"role": "user", "content": "x" * 10_000}]}
         _assert_openai_error(post(json=big), 413, "request_too_large")
 
@@ -611,3 +616,309 @@ def test_a_generate_mode_router_has_no_cost_knob(up):
         e = _assert_openai_error(r, 400, "invalid_model")
         assert "generate" in e["message"]
         assert srv.client().chat.completions.create(model="router", messages=USER).model == "cheap"
+
+
+# ---- request validation (issue 11: 3, 10) ---------------------------------------------------------------------
+
+
+BAD_TOKEN_CAPS = ["abc", [5], float("nan"), float("inf"), -5, 0, 1.5, True, {"n": 1}]
+
+
+def test_max_tokens_that_is_not_a_positive_integer_is_a_400_never_a_500(up):
+    """Every bad max_tokens / max_completion_tokens, streamed or not, routed or named: 400 in OpenAI's format,
+    and no upstream call (so no cost is estimated negative and no budget is passed)."""
+    with serve(up, server_budget_usd=1e-4) as srv:
+        url = srv.url + "/v1/chat/completions"
+        with httpx.Client(timeout=10) as h:
+            for key in ("max_tokens", "max_completion_tokens"):
+                for bad in BAD_TOKEN_CAPS:
+                    for stream in (False, True):
+                        for model in ("router", "cheap"):
+                            body = json.dumps({"model": model, "messages": USER, "stream": stream, key: bad})
+                            r = h.post(url, content=body, headers={"content-type": "application/json"})
+                            e = _assert_openai_error(r, 400)
+                            assert e["code"] in ("invalid_value", "invalid_json"), (key, bad, e)
+        assert httpx.get(srv.url + "/health").json()["budget"] == {
+            "server_limit_usd": 1e-4, "spent_usd": 0.0, "reserved_usd": 0.0}
+    assert up.stats()["requests"] == 0
+
+
+def test_cost_estimates_are_never_negative():
+    from xrouter_lite.serve import estimate_cost
+
+    spec = make_pool("http://127.0.0.1:1/v1").get("strong")
+    for params in ({"max_tokens": -5}, {"max_completion_tokens": -1000}, {"max_tokens": "abc"}, {"max_tokens": 1.5},
+                   {"max_tokens": float("nan")}, {}):
+        assert estimate_cost(spec, USER, params, 100) > 0
+
+
+MALFORMED_BODIES = [
+    {"model": 5, "messages": USER}, {"model": "", "messages": USER}, {"model": None, "messages": USER},
+    {"model": "router", "messages": "hi"}, {"model": "router", "messages": {"role": "user"}},
+    {"model": "router", "messages": [5]}, {"model": "router", "messages": [None]},
+    {"model": "router", "messages": [{"role": "user", "content": 5}]},
+    {"model": "router", "messages": [{"role": "user", "content": {"text": "x"}}]},
+    {"model": "router", "messages": [{"role": "user", "content": [5]}]},
+    {"model": "router", "messages": [{"role": 7, "content": "x"}]},
+    {"model": "router", "messages": [{"role": "wizard", "content": "x"}]},
+    {"model": "router", "messages": [{"role": "assistant", "content": "x"}]},
+    {"model": "router", "messages": [{"role": "tool", "content": "x"}]},
+    {"model": "router", "messages": USER + [{"role": "assistant", "tool_calls": "x"}]},
+    {"model": "router", "messages": USER + [{"role": "assistant", "tool_calls": [5]}]},
+    {"model": "router", "messages": USER, "stream": "yes"}, {"model": "router", "messages": USER, "stream": 2},
+    {"model": "router", "messages": USER, "stream_options": {"include_usage": True}},
+    {"model": "router", "messages": USER, "stream": True, "stream_options": "x"},
+    {"model": "router", "messages": USER, "stream": True, "stream_options": {"include_usage": "x"}},
+    {"model": "router", "messages": USER, "n": "2"}, {"model": "router", "messages": USER, "n": 2},
+    {"model": "router", "messages": USER, "models": "cheap"}, {"model": "router", "messages": USER, "models": [1]},
+    {"model": "router", "messages": USER, "models": []},
+    {"model": "router", "messages": USER, "max_cost_usd": "x"}, {"model": "router", "messages": USER, "max_cost_usd": -1},
+    {"model": "router", "messages": USER, "max_cost_usd": [1]},
+    {"model": "router", "messages": USER, "temperature": "hot"}, {"model": "router", "messages": USER, "top_p": [1]},
+    {"model": "router", "messages": USER, "seed": 1.5}, {"model": "router", "messages": USER, "stop": 5},
+    {"model": "router", "messages": USER, "logit_bias": {"1": "x"}}, {"model": "router", "messages": USER, "user": 5},
+    {"model": "router", "messages": USER, "response_format": "json"},
+    {"model": "router", "messages": USER, "tools": "x"}, {"model": "router", "messages": USER, "tools": [5]},
+    {"model": "router", "messages": USER, "tools": [{"type": "function", "function": {"name": 5}}]},
+    {"model": "router", "messages": USER, "tool_choice": 5},
+    {"model": "router", "messages": USER, "parallel_tool_calls": "x"},
+    {"model": "router", "messages": USER, "logprobs": True}, {"model": "router", "messages": USER, "top_logprobs": 3},
+    {"model": "router", "messages": USER, "functions": [{"name": "f"}]},
+    {"model": "router", "messages": USER, "function_call": "auto"},
+    {"model": "router", "messages": USER, "no_such_field": 1},
+    {"model": "router-1e999", "messages": USER}, {"model": "router-", "messages": USER},
+    {"model": "x" * 5000, "messages": USER}, {"model": "cheap", "messages": USER, "max_tokens": -1},
+]
+
+
+def test_no_request_body_gets_a_5xx(up):
+    raw_bodies = [b"NaN", b'{"model": "router", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+                  b'{"model": "router", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"\xff\xfe", b"null",
+                  b'"router"', b'{"model": "router", "messages": [{"role": "user", "content": "\\ud800"}], "x": 1}']
+    with serve(up) as srv:
+        url = srv.url + "/v1/chat/completions"
+        with httpx.Client(timeout=10) as h:
+            for body in MALFORMED_BODIES:
+                r = h.post(url, json=body)
+                assert r.status_code in (400, 404), (body, r.status_code, r.text[:300])
+                e = _assert_openai_error(r, r.status_code)
+                assert e["message"]
+            for raw in raw_bodies:
+                r = h.post(url, content=raw, headers={"content-type": "application/json"})
+                _assert_openai_error(r, 400)
+            assert h.post(url, json={"model": "router", "messages": USER}).status_code == 200
+    assert up.stats()["requests"] == 1
+
+
+def test_unsupported_fields_are_refused_and_supported_ones_passed_on_unchanged(up):
+    with serve(up) as srv:
+        client = srv.client()
+        for extra, word in (({"logprobs": True}, "log-probabilities"), ({"top_logprobs": 2}, "log-probabilities"),
+                            ({"n": 2}, "n=1"), ({"functions": [{"name": "f"}]}, "tools"),
+                            ({"modalities": ["audio"]}, "unknown"), ({"store": True}, "unknown")):
+            with pytest.raises(openai.BadRequestError) as ei:
+                client.chat.completions.create(model="router", messages=USER, extra_body=extra)
+            err = ei.value.response.json()["error"]
+            assert err["param"] == next(iter(extra)) and word in err["message"], err
+        r = client.chat.completions.create(
+            model="cheap", messages=USER, temperature=0.3, top_p=0.9, seed=7, stop=["\n\n"], max_completion_tokens=40,
+            response_format={"type": "json_object"}, user="u1", logprobs=False, n=1)
+        assert r.model == "cheap"
+    sent = up.stats()["last_body"]["cheap"]
+    assert {k: sent[k] for k in ("temperature", "top_p", "seed", "stop", "response_format", "user")} == {
+        "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n"], "response_format": {"type": "json_object"},
+        "user": "u1"}
+    assert sent["max_tokens"] == 40 and "logprobs" not in sent and "n" not in sent
+
+
+# ---- budgets (issue 11: 4) --------------------------------------------------------------------------------------
+
+
+def test_a_request_over_the_whole_server_budget_says_so_not_exhausted(up):
+    with serve(up, server_budget_usd=1e-6) as srv:
+        with pytest.raises(openai.APIStatusError) as ei:
+            srv.client().chat.completions.create(model="strong", messages=USER, max_tokens=500)
+        err = ei.value.response.json()["error"]
+        assert ei.value.status_code == 402 and err["code"] == "server_budget_exceeded"
+        assert "exceeds the server's whole budget" in err["message"] and "exhausted" not in err["message"]
+    assert up.stats()["requests"] == 0
+
+
+# ---- streaming as OpenAI does it (issue 11: 9, 10) --------------------------------------------------------------
+
+
+@TRANSPORTS
+def test_streaming_without_include_usage_works_with_the_common_client_loop(up, transport):
+    with serve(up, upstream_transport=transport) as srv:
+        client = srv.client()
+        raw = client.chat.completions.with_raw_response.create(model="router", messages=HARD, stream=True)
+        assert "x-router-cost" not in raw.headers  # a stream's cost is known only at its end
+        text = ""
+        chunks = list(raw.parse())
+        for c in chunks:  # the loop every tutorial shows: no chunk without choices
+            text += c.choices[0].delta.content or ""
+        assert text == ANSWERS["strong"]
+        assert all(c.usage is None for c in chunks)
+        last = chunks[-1]
+        assert last.choices[0].finish_reason == "stop"
+        md = last.router_metadata
+        assert md["model_used"] == "strong" and md["total_cost"] > 0 and len(md["call_history"]) == 1
+        # not streamed: the header is a number
+        raw = client.chat.completions.with_raw_response.create(model="router", messages=HARD)
+        assert float(raw.headers["x-router-cost"]) == pytest.approx(raw.parse().router_metadata["total_cost"])
+
+
+def test_models_retrieve(up):
+    with serve(up) as srv:
+        client = srv.client()
+        assert client.models.retrieve("router").id == "router"
+        assert client.models.retrieve("router-0.5").owned_by == "xrouter-lite"
+        m = client.models.retrieve("strong")
+        assert m.id == "strong" and m.input_price == 5.0
+        with pytest.raises(openai.NotFoundError) as ei:
+            client.models.retrieve("gpt-9")
+        assert ei.value.response.json()["error"]["code"] == "model_not_found"
+        with pytest.raises(openai.BadRequestError):
+            client.models.retrieve("router-abc")
+
+
+# ---- the port is checked before the model loads (issue 11: 11) ----------------------------------------------------
+
+
+def test_a_port_in_use_fails_before_the_router_loads(up, tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    import xrouter_lite.serve.app as serve_app
+    from xrouter_lite.cli import app as cli_app
+
+    loads = []
+    monkeypatch.setattr(serve_app, "load_router", lambda *a: loads.append(a) or KeywordRouter())
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump({"models": {"cheap": {"litellm_model": "openai/cheap", "api_base": up.base_url,
+                                                               "input_price": 0.1, "output_price": 0.4,
+                                                               "context_window": 8192, "max_output_tokens": 1024}}}))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match="already in use"):
+            serve_app.run_server(ServeSettings(pool=pool_file, port=port, adapter=tmp_path))
+        res = CliRunner().invoke(cli_app, ["serve", "--adapter", str(tmp_path), "--pool", str(pool_file),
+                                           "--port", str(port)])
+    assert res.exit_code == 2 and "already in use" in res.output and "Traceback" not in res.output
+    assert loads == []
+
+
+# ---- tools (issue 12: 5) -----------------------------------------------------------------------------------------
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"]}}}]
+CALLS = [{"id": "call_abc123", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]
+TOOL_CAPS = {"cheap": {"capabilities": ["general", "tool_calling"]}, "strong": {"capabilities": ["tool_calling"]},
+             "mid": {"capabilities": ["general"]}}
+
+
+@TRANSPORTS
+def test_tools_are_routed_among_tool_calling_models_and_tool_calls_come_back(up, transport):
+    up.control(tool_calls={"strong": CALLS, "cheap": CALLS, "mid": CALLS, "spare": CALLS})
+    router = KeywordRouter()
+    agent = HARD + [{"role": "assistant", "content": None, "tool_calls": CALLS},
+                    {"role": "tool", "tool_call_id": "call_abc123", "name": "get_weather", "content": "18 C, light rain"}]
+    try:
+        with serve(up, router=router, pool=make_pool(up.base_url, **TOOL_CAPS), upstream_transport=transport) as srv:
+            client = srv.client()
+            r = client.chat.completions.create(model="router", messages=HARD, tools=TOOLS, tool_choice="auto")
+            assert r.model == "strong"
+            assert [c["model_id"] for c in r.router_metadata["candidates"]] == ["strong", "cheap"]  # mid: no tools
+            msg = r.choices[0].message
+            assert r.choices[0].finish_reason == "tool_calls" and msg.content is None
+            assert [t.model_dump(exclude_none=True) for t in msg.tool_calls] == CALLS
+            sent = up.stats()["last_body"]["strong"]
+            assert sent["tools"] == TOOLS and sent["tool_choice"] == "auto"
+            # the next turn carries the tool result: the router reads it, the model gets the conversation unchanged
+            r = client.chat.completions.create(model="router", messages=agent, tools=TOOLS)
+            assert "tool get_weather: 18 C, light rain" in router.queries[-1]
+            assert "[calls: get_weather(" in router.queries[-1]
+            assert up.stats()["last_body"]["strong"]["messages"][-1] == agent[-1]
+            # streamed: the calls come as deltas that reassemble to the provider's calls
+            chunks = list(client.chat.completions.create(model="router", messages=HARD, tools=TOOLS, stream=True))
+            got: dict[int, dict] = {}
+            for c in chunks:
+                for d in c.choices[0].delta.tool_calls or []:
+                    t = got.setdefault(d.index, {"id": None, "type": None, "function": {"name": "", "arguments": ""}})
+                    t["id"] = d.id or t["id"]
+                    t["type"] = d.type or t["type"]
+                    if d.function:
+                        t["function"]["name"] += d.function.name or ""
+                        t["function"]["arguments"] += d.function.arguments or ""
+            assert [got[i] for i in sorted(got)] == CALLS
+            assert len([c for c in chunks if c.choices[0].delta.tool_calls]) > 2  # really streamed in pieces
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+            assert chunks[-1].router_metadata["model_used"] == "strong"
+            # no tool-capable model among those offered: a clear 400
+            with pytest.raises(openai.BadRequestError) as ei:
+                client.chat.completions.create(model="router", messages=HARD, tools=TOOLS,
+                                               extra_body={"models": ["mid", "spare"]})
+            err = ei.value.response.json()["error"]
+            assert err["code"] == "no_tool_capable_model" and "tool_calling" in err["message"]
+            assert "cheap, strong" in err["message"]
+    finally:
+        up.control(tool_calls={})
+
+
+# ---- the decision log (issue 12: 4) --------------------------------------------------------------------------------
+
+
+def test_decision_log_one_line_per_routed_request(up, tmp_path):
+    from datetime import datetime
+
+    path = tmp_path / "logs" / "decisions.jsonl"
+    up.control(script={"strong": ["500"]})
+
+    async def many(url: str, n: int):
+        async with httpx.AsyncClient(timeout=10) as h:
+            return await asyncio.gather(*[h.post(url + "/v1/chat/completions",
+                                                 json={"model": "router-0.5", "messages": USER}) for _ in range(n)])
+
+    with serve(up, decision_log=path, tau=0.0) as srv:
+        client = srv.client()
+        r1 = client.chat.completions.create(model="router", messages=HARD)  # strong fails: falls back to mid
+        client.chat.completions.create(model="cheap", messages=USER)  # bypass: not routed, not logged
+        list(client.chat.completions.create(model="router", messages=USER, stream=True))
+        rs = asyncio.run(many(srv.url, 12))
+        assert all(r.status_code == 200 for r in rs)
+    lines = path.read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert len(recs) == 14
+    keys = {"time", "request_id", "router", "tau", "offered", "scores", "costs", "chosen", "model_used", "cost_usd"}
+    assert all(set(r) == keys for r in recs)  # no message text unless asked
+    first = recs[0]
+    assert first["request_id"] == r1.id and first["router"] == "keyword" and first["tau"] == 0.0
+    assert datetime.fromisoformat(first["time"]).tzinfo is not None
+    assert first["offered"] == list(MODELS) and set(first["scores"]) == set(first["costs"]) == set(MODELS)
+    assert first["scores"] == QUALITY["hard"] and max(first["costs"].values()) == 1.0
+    assert first["chosen"] == "strong" and first["model_used"] == "mid"
+    assert first["cost_usd"] == pytest.approx(r1.router_metadata["total_cost"]) and first["cost_usd"] > 0
+    assert recs[1]["chosen"] == recs[1]["model_used"] == "cheap" and recs[1]["cost_usd"] > 0  # the stream
+    assert {r["tau"] for r in recs[2:]} == {0.5} and len({r["request_id"] for r in recs}) == 14
+    # the decision at another tau can be recomputed from the line: argmax(scores - tau * costs)
+    for r in recs:
+        adj = {m: r["scores"][m] - r["tau"] * r["costs"][m] for m in r["offered"]}
+        assert r["chosen"] == max(adj, key=adj.get)
+    with serve(up, decision_log=path, decision_log_messages=True) as srv:
+        srv.client().chat.completions.create(model="router", messages=USER)
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["messages"] == USER and len(path.read_text().splitlines()) == 15  # appended, not overwritten
+
+
+def test_an_upstream_that_refuses_the_request_itself_gives_400_not_502(up):
+    up.control(script={"cheap": ["400"]})
+    with serve(up) as srv:
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"model": "cheap", "messages": USER}, timeout=10)
+    e = _assert_openai_error(r, 400, "upstream_rejected_request")
+    assert "bad request (fake upstream)" in e["message"]
+    assert r.json()["router_metadata"]["call_history"][0]["model_id"] == "cheap"

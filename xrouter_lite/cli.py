@@ -416,7 +416,7 @@ def eval_cmd(
     if rep.get("router") and rep["router"].get("invalid_actions"):
         typer.echo(f"note: {rep['router']['invalid_actions']} invalid router action(s) fell back to the default model", err=True)
 
-# ---- serving (serve.py) ------------------------------------------------------------------------------------------
+# ---- serving (serve/) --------------------------------------------------------------------------------------------
 
 
 @app.command("serve")
@@ -464,6 +464,13 @@ def serve_cmd(
     batch_window_ms: Optional[float] = typer.Option(
         None, "--batch-window-ms", min=0.0, help="How long the router waits to batch concurrent requests (default: 2)."
     ),
+    decision_log: Optional[Path] = typer.Option(
+        None, "--decision-log", help="Append one JSON line per routed request to this file (offered models, scores, "
+        "costs, tau, choice, cost; the input of `calibrate --from-log`). Off by default."
+    ),
+    decision_log_messages: bool = typer.Option(
+        False, "--decision-log-messages", help="Also write each request's messages into the decision log (off by default)."
+    ),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error (default: info)."),
 ) -> None:
     """Serve the router as an OpenAI-compatible API (POST /v1/chat/completions with model="router")."""
@@ -479,7 +486,7 @@ def serve_cmd(
         api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
         server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
         max_body_bytes=max_body_bytes, max_router_batch=max_router_batch, batch_window_ms=batch_window_ms,
-        log_level=log_level,
+        decision_log=decision_log, decision_log_messages=decision_log_messages or None, log_level=log_level,
     )
     try:
         if config:
@@ -489,9 +496,9 @@ def serve_cmd(
     except ValueError as e:
         msg = str(e)
         if hasattr(e, "errors"):
-            from .serve import _validation_text
+            from .serve import validation_text
 
-            msg = _validation_text(e)  # type: ignore[arg-type]
+            msg = validation_text(e)  # type: ignore[arg-type]
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None
     if settings.adapter is None:

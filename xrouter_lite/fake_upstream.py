@@ -8,8 +8,14 @@ Behaviour is set over HTTP (so the server can live in another process)::
     POST /_control  {"latency_s": 0.2,
                      "answers": {"model-a": "The answer is 72."},      # default: "#### 42"
                      "script": {"model-a": ["429", "500", "ok"]},      # consumed in order, then "ok"
-                     "usage": {"prompt_tokens": 50, "completion_tokens": 10}}
-    GET  /_stats    {"requests": 12, "by_model": {...}}
+                     "usage": {"prompt_tokens": 50, "completion_tokens": 10},
+                     "tool_calls": {"model-a": [{"id": "call_1", "type": "function",
+                                                 "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}]}}
+    GET  /_stats    {"requests": 12, "by_model": {...}, "last_body": {model: the last request body it got}}
+
+A model with ``tool_calls`` set answers a request that carries ``tools`` with those calls (``content: null``,
+``finish_reason: "tool_calls"``); streamed, each call comes as deltas: its id, type and name first, then its
+arguments in pieces, as OpenAI streams them. Without ``tools`` in the request it answers text as usual.
 
 Script steps: ``ok``, ``429``, ``429:<retry-after-seconds>``, ``500``, ``503``, ``400``, ``401``, ``hang``
 (sleeps far longer than any client time-out), ``drop`` (closes the connection without an answer),
@@ -61,6 +67,8 @@ def build_app():
         "usage": None,
         "requests": 0,
         "by_model": defaultdict(int),
+        "tool_calls": {},
+        "last_body": {},
     }
 
     @app.post("/_control")
@@ -75,14 +83,17 @@ def build_app():
                 state["script"][model] = deque(steps)
         if "usage" in body:
             state["usage"] = body["usage"]
+        if "tool_calls" in body:
+            state["tool_calls"] = dict(body["tool_calls"] or {})
         if body.get("reset_stats"):
             state["requests"] = 0
             state["by_model"].clear()
+            state["last_body"].clear()
         return {"ok": True}
 
     @app.get("/_stats")
     async def stats():
-        return {"requests": state["requests"], "by_model": dict(state["by_model"])}
+        return {"requests": state["requests"], "by_model": dict(state["by_model"]), "last_body": state["last_body"]}
 
     @app.get("/v1/models")
     @app.get("/models")
@@ -100,6 +111,7 @@ def build_app():
         model = str(body.get("model", ""))
         state["requests"] += 1
         state["by_model"][model] += 1
+        state["last_body"][model] = body
         q = state["script"].get(model)
         step = q.popleft() if q else "ok"
         latency = state["latency_s"]
@@ -131,6 +143,9 @@ def build_app():
         usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
+        calls = state["tool_calls"].get(model) if body.get("tools") else None
+        if calls:
+            return _tool_call_answer(cid, created, model, calls, usage, bool(body.get("stream")))
         if body.get("stream"):
 
             async def gen():
@@ -157,6 +172,36 @@ def build_app():
         }
 
     return app
+
+
+def _tool_call_answer(cid: str, created: int, model: str, calls: list[dict[str, Any]], usage: dict[str, int],
+                      stream: bool):
+    from fastapi.responses import StreamingResponse
+
+    if not stream:
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                             "finish_reason": "tool_calls"}],
+                "usage": usage}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                      **extra}) + "\n\n"
+
+    async def gen():
+        yield chunk({"role": "assistant", "content": None})
+        for i, c in enumerate(calls):
+            fn = c.get("function") or {}
+            yield chunk({"tool_calls": [{"index": i, "id": c.get("id"), "type": c.get("type", "function"),
+                                         "function": {"name": fn.get("name"), "arguments": ""}}]})
+            args = fn.get("arguments") or ""
+            for j in range(0, len(args), 8):
+                yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 8]}}]})
+        yield chunk({}, "tool_calls", usage=usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(gen(), media_type="text/event-stream")
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

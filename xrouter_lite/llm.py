@@ -74,7 +74,15 @@ __all__ = [
     "max_output_budget",
     "estimate_prompt_tokens_upper",
     "configure_litellm",
+    "register_prices",
     "classify_exception",
+    "api_key_for",
+    "scrub_secrets",
+    "as_plain_dict",
+    "http_session",
+    "direct_request",
+    "http_status_error",
+    "REQUEST_KNOBS",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_MAX_RETRIES",
     "REASONING_MIN_OUTPUT_TOKENS",
@@ -93,12 +101,14 @@ _KEYLIKE_RE = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-]{6,}|(?:api[_-]?key|token|secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9._\-]{6,})",
     re.I,
 )
-_REQUEST_KNOBS = {
+REQUEST_KNOBS = frozenset({
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
     "frequency_penalty", "n", "logit_bias", "response_format", "reasoning_effort", "top_k", "tools", "tool_choice",
-    "logprobs", "top_logprobs", "user",
-}
-_REASONING_KNOBS = {"stop", "seed", "response_format", "reasoning_effort", "tools", "tool_choice", "user"}
+    "parallel_tool_calls", "logprobs", "top_logprobs", "user",
+})
+"""The request fields ``build_request_params`` accepts (sampling knobs and tools): the one list of them."""
+_REASONING_KNOBS = {"stop", "seed", "response_format", "reasoning_effort", "tools", "tool_choice",
+                    "parallel_tool_calls", "user"}
 
 
 # ---- results and errors ------------------------------------------------------------------------------------------
@@ -117,6 +127,8 @@ class CallMetadata:
     attempts: int = 1
     finish_reason: str | None = None
     usage_estimated: bool = False
+    tool_calls: list[dict[str, Any]] | None = None
+    """The answer's ``tool_calls`` exactly as the provider sent them (None for a text answer)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -245,7 +257,7 @@ def _load_dotenv_once() -> None:
         pass
 
 
-def _register_prices(litellm, spec: ModelSpec) -> None:
+def register_prices(litellm, spec: ModelSpec) -> None:
     """Tell litellm the pool's prices for a model it does not know (its per-call cost lookup for unknown models is
     slow). Known models are left alone: we never use litellm's cost anyway."""
     if spec.litellm_model in _registered:
@@ -292,9 +304,9 @@ def build_request_params(spec: ModelSpec, sampling_params: dict[str, Any] | None
                          reasoning_min_tokens: int = REASONING_MIN_OUTPUT_TOKENS) -> dict[str, Any]:
     """The sampling part of the request for this model (reasoning rules applied, budgets clipped)."""
     p = dict(sampling_params or {})
-    unknown = set(p) - _REQUEST_KNOBS
+    unknown = set(p) - REQUEST_KNOBS
     if unknown:
-        raise ValueError(f"unknown sampling parameter(s) {sorted(unknown)} (known: {sorted(_REQUEST_KNOBS)})")
+        raise ValueError(f"unknown sampling parameter(s) {sorted(unknown)} (known: {sorted(REQUEST_KNOBS)})")
     budget = max_output_budget(spec, p, reasoning_min_tokens)
     if spec.reasoning:
         out = {k: v for k, v in p.items() if k in _REASONING_KNOBS}
@@ -321,14 +333,22 @@ def estimate_prompt_tokens_upper(messages: Sequence[dict[str, Any]]) -> int:
     return n
 
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
+def scrub_secrets(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` without the given secret values (those of 4 characters or more) and without anything key-shaped
+    (``sk-...``, ``Bearer ...``, ``api_key=...``): the one scrubber of provider keys, used here and by the server."""
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     return _KEYLIKE_RE.sub("***", text)
 
 
-def _api_key(spec: ModelSpec) -> str | None:
+_scrub = scrub_secrets  # the old private name (tests/test_llm.py imports it)
+
+
+def api_key_for(spec: ModelSpec) -> str | None:
+    """The key to send for ``spec``: its ``api_key_env`` variable (a ``.env`` file is read once), a placeholder for
+    an ``api_base`` without one, None when litellm reads the provider's usual variable. Raises ``LLMCallError``
+    when the named variable is unset."""
     _load_dotenv_once()
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
@@ -448,7 +468,7 @@ def _usage_of(resp: Any) -> tuple[int | None, int | None]:
 
 
 async def _one_litellm_attempt(litellm, spec: ModelSpec, messages, params: dict[str, Any], key: str | None,
-                               timeout_s: float) -> tuple[str, int, int, str | None, bool]:
+                               timeout_s: float) -> tuple[str, int, int, str | None, bool, list | None]:
     kwargs: dict[str, Any] = dict(params)
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
@@ -464,6 +484,7 @@ async def _one_litellm_attempt(litellm, spec: ModelSpec, messages, params: dict[
                            retryable=True)
     msg = choices[0].message
     text = getattr(msg, "content", None) or ""
+    tool_calls = [as_plain_dict(t) for t in getattr(msg, "tool_calls", None) or []] or None
     finish = getattr(choices[0], "finish_reason", None)
     in_tok, out_tok = _usage_of(resp)
     estimated = False
@@ -471,7 +492,17 @@ async def _one_litellm_attempt(litellm, spec: ModelSpec, messages, params: dict[
         estimated = True
         in_tok = in_tok if in_tok is not None else estimate_prompt_tokens_upper(messages) // 4
         out_tok = out_tok if out_tok is not None else max(1, len(text) // 4)
-    return text, int(in_tok), int(out_tok), finish, estimated
+    return text, int(in_tok), int(out_tok), finish, estimated, tool_calls
+
+
+def as_plain_dict(obj: Any) -> Any:
+    """A litellm/pydantic response object (a tool call, a delta) as plain JSON data."""
+    if isinstance(obj, dict):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(exclude_none=True)
+    return json.loads(json.dumps(obj, default=lambda o: getattr(o, "__dict__", str(o))))
 
 
 class HTTPStatusError(Exception):
@@ -506,7 +537,7 @@ def uses_direct_transport(spec: ModelSpec, transport: str = "auto") -> bool:
 _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _http_session():
+def http_session():
     """One aiohttp session (keep-alive connection pool) per event loop, for the direct transport."""
     import aiohttp
 
@@ -531,28 +562,43 @@ async def aclose() -> None:
         await sess.close()
 
 
+def direct_request(spec: ModelSpec, messages, params: dict[str, Any], key: str | None
+                   ) -> tuple[str, dict[str, Any], dict[str, str] | None]:
+    """URL, JSON body and headers of a chat-completions POST to an OpenAI-compatible endpoint (``params`` already
+    built by ``build_request_params``; ``key`` from ``api_key_for``)."""
+    body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages, **params}
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return spec.api_base.rstrip("/") + "/chat/completions", body, headers  # type: ignore[union-attr]
+
+
+def http_status_error(status: int, raw: bytes, headers: Any = None) -> HTTPStatusError:
+    """The ``HTTPStatusError`` for a non-200 answer (or an error event) of an OpenAI-compatible endpoint, with the
+    provider's own message when its body is OpenAI-style JSON."""
+    try:
+        err = json.loads(raw).get("error")
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+    except Exception:
+        msg = raw[:300].decode("utf-8", "replace")
+    return HTTPStatusError(status, f"HTTP {status}: {msg}", headers)
+
+
 async def _one_direct_attempt(spec: ModelSpec, messages, params: dict[str, Any], key: str | None,
-                              timeout_s: float) -> tuple[str, int, int, str | None, bool]:
+                              timeout_s: float) -> tuple[str, int, int, str | None, bool, list | None]:
     """One POST to ``<api_base>/chat/completions`` through the shared aiohttp session."""
     import aiohttp
 
-    body = {"model": spec.litellm_model.split("/", 1)[1], "messages": messages, **params}
-    headers = {"Authorization": f"Bearer {key}"} if key else None
-    url = spec.api_base.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
-    async with _http_session().post(url, json=body, headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+    url, body, headers = direct_request(spec, messages, params, key)
+    async with http_session().post(url, json=body, headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
         raw = await r.read()
         if r.status != 200:
-            try:
-                err = json.loads(raw).get("error")
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-            except Exception:
-                msg = raw[:300].decode("utf-8", "replace")
-            raise HTTPStatusError(r.status, f"HTTP {r.status}: {msg}", r.headers)
+            raise http_status_error(r.status, raw, r.headers)
     try:
         data = json.loads(raw)
         choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content") or ""
+        message = choice.get("message") or {}
+        text = message.get("content") or ""
+        tool_calls = message.get("tool_calls") or None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise HTTPStatusError(502, f"the provider returned no usable choice: {raw[:200]!r}") from None
     usage = data.get("usage") or {}
@@ -562,7 +608,7 @@ async def _one_direct_attempt(spec: ModelSpec, messages, params: dict[str, Any],
         in_tok = estimate_prompt_tokens_upper(messages) // 4
     if out_tok is None:
         out_tok = max(1, len(text) // 4)
-    return text, int(in_tok), int(out_tok), choice.get("finish_reason"), estimated
+    return text, int(in_tok), int(out_tok), choice.get("finish_reason"), estimated, tool_calls
 
 
 async def acall_model(
@@ -593,9 +639,9 @@ async def acall_model(
     litellm = None
     if not direct:
         litellm = configure_litellm()
-        _register_prices(litellm, spec)
+        register_prices(litellm, spec)
     params = build_request_params(spec, sampling_params, reasoning_min_tokens)
-    key = _api_key(spec)
+    key = api_key_for(spec)
     secrets = [key] if key and key != PLACEHOLDER_KEY else []
     attempts = 0
     t0 = time.perf_counter()
@@ -605,11 +651,11 @@ async def acall_model(
             await before_attempt()
         try:
             if direct:
-                text, in_tok, out_tok, finish, estimated = await _one_direct_attempt(
+                text, in_tok, out_tok, finish, estimated, tool_calls = await _one_direct_attempt(
                     spec, messages, params, key, timeout_s
                 )
             else:
-                text, in_tok, out_tok, finish, estimated = await _one_litellm_attempt(
+                text, in_tok, out_tok, finish, estimated, tool_calls = await _one_litellm_attempt(
                     litellm, spec, messages, params, key, timeout_s
                 )
         except asyncio.CancelledError:
@@ -628,7 +674,7 @@ async def acall_model(
                 continue
             what = "gave up after" if retryable else "not retried;"
             raise LLMCallError(
-                _scrub(
+                scrub_secrets(
                     f"model {spec.id!r} ({spec.litellm_model}): {label}, {what} {attempts} attempt(s): "
                     f"{detail}"[:2000],
                     secrets,
@@ -639,7 +685,7 @@ async def acall_model(
         return text, CallMetadata(
             model_id=spec.id, input_tokens=in_tok, output_tokens=out_tok, cost=spec.cost(in_tok, out_tok),
             latency_s=latency, provider=spec.provider_name, attempts=attempts, finish_reason=finish,
-            usage_estimated=estimated,
+            usage_estimated=estimated, tool_calls=tool_calls,
         )
 
 

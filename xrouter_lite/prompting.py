@@ -114,32 +114,51 @@ class RouterPrompt:
 def conversation_to_query(messages: Sequence[dict[str, Any]]) -> str:
     """The documented rule for what the router sees of a conversation.
 
-    The last user turn is kept whole. Up to ``HISTORY_TURNS`` earlier user/assistant turns come before it, each
-    cut to ``HISTORY_CHARS`` characters, under an "Earlier conversation" heading. System messages and tool
-    messages are not shown to the router.
+    The last user turn is kept whole. Up to ``HISTORY_TURNS`` earlier user/assistant/tool turns come before it,
+    each cut to ``HISTORY_CHARS`` characters, under an "Earlier conversation" heading. In an agent loop the turns
+    after the last user turn (the assistant's tool calls and the tools' results) come after it, the last
+    ``HISTORY_TURNS`` of them, cut the same way, under "Since then". An assistant turn that calls tools reads
+    ``assistant: <its text> [calls: name(arguments), ...]``; a tool result reads ``tool <name>: <result>``.
+    System messages are not shown to the router. A plain conversation (no tools) reads as it always did.
     """
 
     def text_of(m: dict[str, Any]) -> str:
         c = m.get("content")
         if isinstance(c, list):  # OpenAI content parts
-            return " ".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
+            return " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict) and p.get("type") == "text")
         return "" if c is None else str(c)
 
-    turns = [m for m in messages if m.get("role") in ("user", "assistant")]
+    def line(m: dict[str, Any]) -> str:
+        t = text_of(m)
+        calls = m.get("tool_calls") if m.get("role") == "assistant" else None
+        if isinstance(calls, list) and calls:
+            named = []
+            for c in calls:
+                fn = c.get("function") if isinstance(c, dict) else None
+                fn = fn if isinstance(fn, dict) else {}
+                named.append(f"{fn.get('name', '?')}({fn.get('arguments', '')})")
+            t = (t + " " if t else "") + "[calls: " + ", ".join(named) + "]"
+        t = " ".join(t.split())
+        if len(t) > HISTORY_CHARS:
+            t = t[: HISTORY_CHARS - 3] + "..."
+        role = m["role"]
+        if role == "tool":
+            role = f"tool {m['name']}" if isinstance(m.get("name"), str) else "tool"
+        return f"{role}: {t}"
+
+    turns = [m for m in messages if m.get("role") in ("user", "assistant", "tool")]
     last_user = max((i for i, m in enumerate(turns) if m.get("role") == "user"), default=None)
     if last_user is None:
         raise ValueError("the conversation has no user message")
     query = text_of(turns[last_user])
     earlier = turns[:last_user][-HISTORY_TURNS:]
-    if not earlier:
-        return query
-    lines = []
-    for m in earlier:
-        t = " ".join(text_of(m).split())
-        if len(t) > HISTORY_CHARS:
-            t = t[: HISTORY_CHARS - 3] + "..."
-        lines.append(f"{m['role']}: {t}")
-    return "Earlier conversation (summary):\n" + "\n".join(lines) + "\n\nCurrent request:\n" + query
+    since = turns[last_user + 1 :][-HISTORY_TURNS:]
+    if earlier:
+        query = ("Earlier conversation (summary):\n" + "\n".join(line(m) for m in earlier)
+                 + "\n\nCurrent request:\n" + query)
+    if since:
+        query += "\n\nSince then:\n" + "\n".join(line(m) for m in since)
+    return query
 
 
 def build_router_prompt(query: str | Sequence[dict[str, Any]], offered: Sequence[ModelSpec]) -> RouterPrompt:
