@@ -426,6 +426,7 @@ class PairsReport:
     prompts_explored: int = 0  # rows of a cost-ordered run's exploration sample (every model called)
     eval_prompts_partial: int = 0  # held-out rows with unknown models: not fit for the evaluation's full rows
     pairs_by_kind: dict[str, int] = field(default_factory=dict)  # full_rows / partial_rows_known / implied_over_skipped
+    skipped_models_unpaired: int = 0  # (router prompt, skipped model) with no implied pair: unknown, left out
     mean_cost_chosen_per_1k: float = 0.0  # USD per 1,000 queries, averaged over pairs
     mean_cost_rejected_per_1k: float = 0.0
     chosen_models: dict[str, int] = field(default_factory=dict)
@@ -506,6 +507,7 @@ def run_pairs(
     rep.prompts_explored = sum(g.traversal == "explore" for g in groups.values())
     rep.eval_prompts_partial = len(partial_ids & eval_ids)
     kinds: Counter = Counter()
+    unsettled = 0
 
     no_pair: Counter = Counter()
     chosen_c: Counter = Counter()
@@ -564,12 +566,9 @@ def run_pairs(
                     costs = {m: c for m, (_, c) in outcome.items()} | unk
                     known = make_pairs(rewards, costs, cfg.strategy, cfg.margin, None, rng) if len(rewards) > 1 else []
                     implied = implied_pairs(rewards, upper, cfg.strategy, cfg.margin)
-                    if cfg.strategy == "best-vs-rest" and any(ok for ok, _ in outcome.values()) and len(
-                            {s for _, s in implied}) < len(unk):
-                        raise PairsInputError(
-                            f"{cache_path}: prompt {pid!r}: strategy best-vs-rest needs the labels of skipped models "
-                            f"that lambda {cfg.reward.lam:g} with margin {cfg.margin:g} does not settle; use "
-                            "--strategy all (known and implied pairs only) or a larger --lambda")
+                    # a skipped model whose expected cost is too close to the best's (within the margin) stays
+                    # unpaired: its pair is unknown, never invented
+                    unsettled += len(unk) - len({b for _, b in implied})
                     pairs = known + implied
                     if cfg.max_pairs_per_prompt is not None and len(pairs) > cfg.max_pairs_per_prompt:
                         keep = set(rng.sample(range(len(pairs)), cfg.max_pairs_per_prompt))
@@ -639,6 +638,7 @@ def run_pairs(
         rep.outputs[w.path.name] = str(w.path)
 
     rep.no_pair = dict(no_pair)
+    rep.skipped_models_unpaired = unsettled
     rep.pairs_by_kind = {k: kinds[k] for k in ("full_rows", "partial_rows_known", "implied_over_skipped") if kinds[k]}
     if rep.pairs_total:
         rep.mean_cost_chosen_per_1k = round(1000 * cost_sums[0] / rep.pairs_total, 6)
@@ -685,6 +685,7 @@ def print_report(rep: PairsReport, console: Any = None) -> None:
         *[(f"  no pair: {k}", v) for k, v in sorted(rep.no_pair.items())],
         (f"pairs ({rep.config.get('strategy')})", rep.pairs_total),
         *[(f"  from {k.replace('_', ' ')}", v) for k, v in rep.pairs_by_kind.items()],
+        *([("  skipped models left unpaired (unknown)", rep.skipped_models_unpaired)] if rep.prompts_partial else []),
         ("  train / eval", f"{rep.pairs_train} / {rep.pairs_eval}"),
         ("  correct vs wrong / both correct (cost)", f"{rep.pairs_correct_vs_wrong} / {rep.pairs_both_correct}"),
         ("mean $ per 1k queries: chosen / rejected",
