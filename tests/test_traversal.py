@@ -148,3 +148,26 @@ def test_full_traversal_lines_keep_their_format():
     r.traversal, r.skipped = "cost-ordered", {"big": 0.01}
     back = CacheRecord.from_dict(json.loads(r.to_json()))
     assert back.traversal == "cost-ordered" and back.skipped == {"big": 0.01}
+
+
+def test_evaluation_baselines_learn_from_the_explored_rows_only(repo, tmp_path):
+    from xrouter_lite.evaluate import EvalConfig, evaluate, load_prompts
+    from xrouter_lite.importers import import_routerbench
+    from xrouter_lite.pairs import split_prompt_ids
+
+    full = tmp_path / "full.jsonl"
+    import_routerbench([repo / "data" / "examples" / "routerbench_sample.csv"], full)
+    pool = load_pool(repo / "configs" / "pool_routerbench.yaml")
+    ids = {r.prompt_id for r in latest_records(full)}
+    test_ids = split_prompt_ids(ids, 0.25, 0)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(r.to_json() + "\n" for r in latest_records(full) if r.prompt_id in test_ids))
+    co = tmp_path / "co.jsonl"
+    rep = simulate_traversal(full, pool, "cost-ordered", explore=0.3, seed=0, out=co, ids=ids - test_ids)
+    logs: list[str] = []
+    out = evaluate(EvalConfig(test_cache=str(test), train_cache=str(co), out_dir=str(tmp_path / "o"),
+                              baselines=["single", "best_single"], plot=False), log=logs.append)
+    n_complete = out["data"]["train_complete_prompts"]
+    assert rep.explored_questions <= n_complete < rep.questions
+    assert any("complete (explored) questions only" in m for m in logs)
+    assert len(load_prompts(co)[0]) == rep.questions

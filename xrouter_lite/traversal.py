@@ -96,6 +96,14 @@ def recorded_spend(path: str | Path) -> float:
     return sum(rec.cost for _, rec in iter_records(path, strict=False))
 
 
+def complete_rows(prompts: list) -> list:
+    """The questions (``evaluate.LabeledPrompt``) labelled for every model that appears anywhere in ``prompts``: in
+    a cost-ordered cache, its exploration sample (and the questions no model got right). What the evaluation's
+    baselines that learn from every model's label may use."""
+    present = {m for p in prompts for m in p.outcomes}
+    return [p for p in prompts if len(p.outcomes) == len(present)]
+
+
 def _input_tokens(prompt: str, system_prompt: str | None = None) -> int:
     from .cache import _count_tokens, _messages
 
