@@ -557,6 +557,10 @@ async def arun_cost_ordered(cfg, *, pool: Pool | None = None, console=None, prog
 
 def summary_lines(summary) -> list[str]:
     tv = getattr(summary, "traversal", None) or {}
+    if tv.get("batch"):
+        from .batch import summary_lines as batch_lines
+
+        return batch_lines(summary)
     if not tv:
         return []
     return [
