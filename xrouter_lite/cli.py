@@ -114,7 +114,8 @@ def cache_cmd(
             from .traversal import estimate_traversals, print_traversal_estimates
 
             print_estimate(estimate_cache_cost(cfg), Console(), cfg)
-            print_traversal_estimates(estimate_traversals(cfg), Console(), cfg.traversal)
+            chosen = cfg.traversal + (" --batch" if cfg.batch else "")
+            print_traversal_estimates(estimate_traversals(cfg), Console(), chosen)
             return
         summary = run_cache(cfg, console=console, progress=False if no_progress else None)
     except (CacheConfigError, PoolError, CacheFormatError, DataFormatError, FileNotFoundError, ValueError) as e:

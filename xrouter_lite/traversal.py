@@ -291,32 +291,45 @@ def estimate_traversals(cfg, pool: Pool | None = None, default_accuracy: float =
     for s in specs:
         acc[s.id] = right[s.id] / seen[s.id] if seen[s.id] >= 20 else default_accuracy
     done = scan_cache(out).ok if out.exists() else set()
-    full_calls = full_cost = co_calls = co_cost = 0.0
+    full_calls = full_cost = co_calls = co_cost = full_batch = co_batch = 0.0
+    batchable = all(s.has_batch_price for s in specs)
+
+    def out_tok(s: ModelSpec) -> int:
+        return cfg.est_reasoning_output_tokens if s.reasoning else cfg.est_output_tokens
+
     for q in _questions(cfg):
-        order = order_models(specs, _input_tokens(q.prompt, cfg.system_prompt), cfg.est_output_tokens,
-                             cfg.est_reasoning_output_tokens)
+        n_in = _input_tokens(q.prompt, cfg.system_prompt)
+        order = order_models(specs, n_in, cfg.est_output_tokens, cfg.est_reasoning_output_tokens)
+        bc = {s.id: s.batch_cost(n_in, out_tok(s)) if batchable else 0.0 for s, _ in order}
         for s, c in order:
             if (q.id, s.id) not in done:
                 full_calls += 1
                 full_cost += c
+                full_batch += bc[s.id]
         if is_explored(q.id, cfg.explore, cfg.explore_seed):
             for s, c in order:
                 if (q.id, s.id) not in done:
                     co_calls += 1
                     co_cost += c
+                    co_batch += bc[s.id]
             continue
         p_reach = 1.0
         for s, c in order:
             if (q.id, s.id) not in done:
                 co_calls += p_reach
                 co_cost += p_reach * c
+                co_batch += p_reach * bc[s.id]
             p_reach *= 1.0 - acc[s.id]
     src = "observed in the cache" if any(seen[s.id] >= 20 for s in specs) else f"{default_accuracy:.0%} assumed"
-    return [
+    rows = [
         TraversalEstimate("full", full_calls, full_cost, "every model answers every question"),
         TraversalEstimate(COST_ORDERED, co_calls, co_cost,
                           f"explore {cfg.explore:g}; per-model accuracy {src}; stops at the first correct answer"),
     ]
+    if batchable:
+        rows += [TraversalEstimate("full --batch", full_calls, full_batch, "the pool's batch prices"),
+                 TraversalEstimate(COST_ORDERED + " --batch", co_calls, co_batch, "the pool's batch prices, in rounds")]
+    return rows
 
 
 def latest_records_ok(path: Path):
