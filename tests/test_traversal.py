@@ -171,3 +171,21 @@ def test_evaluation_baselines_learn_from_the_explored_rows_only(repo, tmp_path):
     assert rep.explored_questions <= n_complete < rep.questions
     assert any("complete (explored) questions only" in m for m in logs)
     assert len(load_prompts(co)[0]) == rep.questions
+
+
+def test_cli_pairs_refuses_a_strategy_the_partial_cache_cannot_feed(fresh, env, tmp_path):
+    from xrouter_lite.cli import app
+
+    full = cfg_for(env, out=tmp_path / "full.jsonl")
+    run_cache(full, progress=False)
+    co = tmp_path / "co.jsonl"
+    simulate_traversal(full.out, load_pool(full.pool), "cost-ordered", out=co)
+    runner = CliRunner()
+    res = runner.invoke(app, ["pairs", str(co), "--pool", str(full.pool), "--out-dir", str(tmp_path / "p"),
+                              "--strategy", "best-vs-worst", "--tokenizer", "none"])
+    assert res.exit_code == 2 and "best-vs-worst needs every question's worst model" in " ".join(res.output.split())
+    res = runner.invoke(app, ["pairs", str(co), "--pool", str(full.pool), "--out-dir", str(tmp_path / "p"),
+                              "--full-pool", "--lambda", "0.5", "--margin", "0", "--tokenizer", "none"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "p" / "pairs_report.json").read_text())
+    assert rep["prompts_partial"] == 3 and rep["pairs_by_kind"]["implied_over_skipped"] > 0

@@ -30,6 +30,10 @@ spent + reserved + the next reservation would cross the budget, scheduling waits
 call. So the money spent never passes the budget, provided providers honour ``max_tokens`` (the summary reports
 any call whose actual cost exceeded its reservation).
 
+Which pairs and how: this module runs the full traversal; ``traversal: cost-ordered`` (cheapest first, stop at the
+first correct answer, ``explore``) is run by ``xrouter_lite.traversal`` and ``batch: true`` (provider batch jobs) by
+``xrouter_lite.batch``, on the same file with the same invariants.
+
 Concurrency: ``concurrency`` workers take (question, model) items from a bounded queue fed by a producer that
 streams the question file, so memory stays flat for any number of pairs. ``rate_limit_rpm`` spaces the requests
 (retries included) to each model.
