@@ -450,3 +450,60 @@ def test_cli_pairs(rb_cache, tmp_path, repo):
     res = runner.invoke(app, ["pairs", str(rb_cache), "--pool", str(repo / "configs" / "pool.yaml"), "-o",
                               str(tmp_path / "y"), "--tokenizer", "none"])
     assert res.exit_code == 1 and "wrong --pool" in res.output
+
+
+# ---- partial rows: a cost-ordered cache (xrouter_lite.traversal) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rb_cost_ordered(rb_small, pool_rb, tmp_path_factory) -> Path:
+    from xrouter_lite.traversal import simulate_traversal
+
+    out = tmp_path_factory.mktemp("co") / "cost_ordered.jsonl"
+    simulate_traversal(rb_small, pool_rb, "cost-ordered", explore=0.1, seed=0, out=out)
+    return out
+
+
+def test_partial_rows_give_only_known_pairs_with_lambda_0(rb_cost_ordered, pool_rb, tmp_path):
+    groups = load_groups(rb_cost_ordered, pool_rb)
+    cfg = PairsConfig.from_dict({"subset_mode": "full", "max_pairs_per_prompt": None}, lam=0.0)
+    rep = run_pairs(rb_cost_ordered, pool_rb, cfg, out_dir=tmp_path)
+    assert rep.prompts_partial > 0 and rep.prompts_explored > 0
+    assert "implied_over_skipped" not in rep.pairs_by_kind  # lambda 0: a skipped model might tie; nothing implied
+    assert sum(rep.pairs_by_kind.values()) == rep.pairs_total
+    for row in rows_of(tmp_path / TRAIN_FILE):
+        g = groups[row["prompt_id"]]
+        unknown = g.unknown()
+        assert row["chosen_model"] not in unknown and row["rejected_model"] not in unknown
+        assert g.outcomes[row["chosen_model"]].correct and not g.outcomes[row["rejected_model"]].correct
+        # a skipped model is offered (the router sees the whole pool) but never labelled
+        assert len(row["offered_models"]) == len(pool_rb)
+
+
+def test_partial_rows_imply_cheaper_correct_over_skipped_with_lambda(rb_cost_ordered, pool_rb, tmp_path):
+    groups = load_groups(rb_cost_ordered, pool_rb)
+    cfg = PairsConfig.from_dict({"subset_mode": "full", "max_pairs_per_prompt": None, "strategy": "best-vs-rest"}, lam=0.5)
+    rep = run_pairs(rb_cost_ordered, pool_rb, cfg, out_dir=tmp_path)
+    assert rep.pairs_by_kind["implied_over_skipped"] > 0
+    n_implied = 0
+    for row in rows_of(tmp_path / TRAIN_FILE):
+        g = groups[row["prompt_id"]]
+        assert row["chosen_model"] not in g.unknown()  # never "chosen" without a label
+        if row["rejected_model"] in g.unknown():
+            n_implied += 1
+            assert g.outcomes[row["chosen_model"]].correct
+            assert row["cost_rejected"] > row["cost_chosen"]
+    assert n_implied > 0
+
+
+@pytest.mark.parametrize("strategy,lam,match", [("best-vs-worst", 0.1, "worst model"), ("best-vs-rest", 0.0, "lambda 0")])
+def test_strategies_needing_unknown_labels_are_refused(rb_cost_ordered, pool_rb, tmp_path, strategy, lam, match):
+    cfg = PairsConfig.from_dict({"strategy": strategy}, lam=lam)
+    with pytest.raises(PairsInputError, match=match):
+        run_pairs(rb_cost_ordered, pool_rb, cfg, out_dir=tmp_path)
+    assert not (tmp_path / TRAIN_FILE).exists()
+
+
+def test_a_full_cache_gives_the_same_pairs_as_before(rb_small, pool_rb, tmp_path):
+    rep = run_pairs(rb_small, pool_rb, PairsConfig(), out_dir=tmp_path)
+    assert rep.prompts_partial == 0 and set(rep.pairs_by_kind) == {"full_rows"}

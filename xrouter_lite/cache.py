@@ -33,6 +33,10 @@ already recorded in the file is counted as spent when a run starts, so re-runnin
 resume, also after a kill -9) never records more than the cap; raising the cap is the way to spend more. (A call
 cut by a kill -9 while in flight may still be billed by its provider without a record; it is redone.)
 
+Which pairs and how: this module runs the full traversal; ``traversal: cost-ordered`` (cheapest first, stop at the
+first correct answer, ``explore``) is run by ``xrouter_lite.traversal`` and ``batch: true`` (provider batch jobs) by
+``xrouter_lite.batch``, on the same file with the same invariants.
+
 Concurrency: ``concurrency`` workers take (question, model) items from a bounded queue fed by a producer that
 streams the question file, so memory stays flat for any number of pairs. ``rate_limit_rpm`` spaces the requests
 (retries included) to each model.
@@ -115,6 +119,14 @@ class CacheConfig(BaseModel):
     dry_run: bool = False
     est_output_tokens: int = Field(300, ge=0, description="dry run: expected answer length")
     est_reasoning_output_tokens: int = Field(2000, ge=0, description="dry run: expected length, reasoning models")
+    # which pairs are called (xrouter_lite.traversal) and how (xrouter_lite.batch)
+    traversal: Literal["full", "cost-ordered"] = Field(
+        "full", description="full: every model answers every question; cost-ordered: cheapest first, stop when right")
+    explore: float = Field(0.0, ge=0, le=1, description="cost-ordered: fraction of questions still fully traversed")
+    explore_seed: int = Field(0, description="seed of the exploration sample (drawn per question id)")
+    batch: bool = Field(False, description="submit the calls as provider batch jobs (OpenAI-compatible /v1/batches)")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of a batch job")
+    batch_completion_window: str = Field("24h", description="the batch jobs' completion window")
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
@@ -446,6 +458,7 @@ class CacheSummary:
     torn_tail_dropped: bool = False
     elapsed_s: float = 0.0
     per_model: dict[str, ModelTally] = field(default_factory=dict)
+    traversal: dict[str, Any] | None = None  # cost-ordered / batch figures (xrouter_lite.traversal, .batch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -516,6 +529,14 @@ async def arun_cache(
     from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
     from .llm import aclose as aclose_http
 
+    if cfg.batch:  # traversal hook: provider batch APIs (xrouter_lite.batch)
+        from .batch import arun_batch
+
+        return await arun_batch(cfg, pool=pool, console=console, progress=progress, stop_event=stop_event)
+    if cfg.traversal == "cost-ordered":  # traversal hook (xrouter_lite.traversal)
+        from .traversal import arun_cost_ordered
+
+        return await arun_cost_ordered(cfg, pool=pool, console=console, progress=progress, stop_event=stop_event)
     console = console or Console(stderr=True)
     pool = pool or load_pool(cfg.pool)
     specs = _select_models(cfg, pool)
@@ -784,6 +805,9 @@ def print_summary(s: CacheSummary, console=None) -> None:
         lines.append(f"[yellow]{s.errors} errored pair(s) are retried by the next run")
     if s.torn_tail_dropped:
         lines.append("[yellow]a torn last line (from a crash) was dropped and its pair redone")
+    from .traversal import summary_lines
+
+    lines += summary_lines(s)
     for line in lines:
         console.print(line)
 

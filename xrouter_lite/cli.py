@@ -91,9 +91,18 @@ def cache_cmd(
     max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="Retries of 429/5xx/time-outs/dropped connections per call (default: 4)."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System message sent before every question (default: none)."),
     transport: Optional[str] = typer.Option(None, "--transport", help="auto (default: direct HTTP for openai/<name> models with an api_base, litellm for the rest), litellm or direct."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost per model and call nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the estimated cost per model and of each traversal; call nothing."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_summary: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the run summary as JSON here."),
+    traversal: Optional[str] = typer.Option(
+        None, "--traversal", help="full (default: every model answers every question) or cost-ordered (cheapest first, stop at the first correct answer)."),
+    explore: Optional[float] = typer.Option(
+        None, "--explore", min=0.0, max=1.0, help="cost-ordered: fraction of questions (seeded by id) that still get every model (default: 0)."),
+    explore_seed: Optional[int] = typer.Option(None, "--explore-seed", help="Seed of the exploration sample (default: 0)."),
+    simulate_from: Optional[Path] = typer.Option(
+        None, "--simulate-from", help="Replay the traversal on this recorded full cache (e.g. an imported RouterBench) calling nothing; --out gets the records it would have written."),
+    batch: bool = typer.Option(False, "--batch", help="Submit the calls as provider batch jobs (OpenAI-compatible /v1/files + /v1/batches) at the pool's batch prices; re-run to poll and collect."),
+    batch_poll_s: Optional[float] = typer.Option(None, "--batch-poll-s", min=0.01, help="Seconds between polls of a batch job (default: 30)."),
 ) -> None:
     """Stage 1: call every pool model on every question, grade the answers, append them to the offline cache.
 
@@ -119,12 +128,34 @@ def cache_cmd(
             concurrency=concurrency, rate_limit_rpm=rate_limit_rpm, budget_usd=budget_usd, max_tokens=max_tokens,
             reasoning_max_tokens=reasoning_max_tokens, temperature=temperature, timeout_s=timeout,
             max_retries=max_retries, system_prompt=system_prompt, transport=transport, dry_run=dry_run or None,
+            traversal=traversal, explore=explore, explore_seed=explore_seed, batch=batch or None,
+            batch_poll_s=batch_poll_s,
         )
+        if simulate_from is not None:
+            from .pool import load_pool
+            from .traversal import print_simulation, simulate_traversal
+
+            if not simulate_from.exists():
+                raise FileNotFoundError(f"--simulate-from: cache file not found: {simulate_from}")
+            rep = simulate_traversal(simulate_from, load_pool(cfg.pool), cfg.traversal, explore=cfg.explore,
+                                     seed=cfg.explore_seed, out=out, models=cfg.models,
+                                     est_output_tokens=cfg.est_output_tokens,
+                                     est_reasoning_output_tokens=cfg.est_reasoning_output_tokens,
+                                     system_prompt=cfg.system_prompt)
+            print_simulation(rep, Console())
+            if json_summary:
+                json_summary.parent.mkdir(parents=True, exist_ok=True)
+                json_summary.write_text(json.dumps(rep.to_dict(), indent=2), encoding="utf-8")
+            return
         if cfg.dry_run:
+            from .traversal import estimate_traversals, print_traversal_estimates
+
             print_estimate(estimate_cache_cost(cfg), Console(), cfg)
+            chosen = cfg.traversal + (" --batch" if cfg.batch else "")
+            print_traversal_estimates(estimate_traversals(cfg), Console(), chosen)
             return
         summary = run_cache(cfg, console=console, progress=False if no_progress else None)
-    except (ConfigError, CacheFormatError, DataFormatError, FileNotFoundError) as e:
+    except (ConfigError, CacheFormatError, DataFormatError, FileNotFoundError, ValueError) as e:
         console.print(f"[red]error:[/red] {escape(' '.join(str(e).split()))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     print_summary(summary, console)

@@ -431,6 +431,14 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             log(f"{len(overlap)} test prompt(s) found in the training cache were left out of training")
         train_stats.overlap_dropped = len(overlap)
     cost_vec = mean_cost_per_query(train) if (cfg.cost_source == "train" and train) else None
+    # a cost-ordered cache (xrouter_lite.traversal) skips dearer models: the baselines that learn from every model's
+    # label (best-single, kNN) use only its complete rows, the explored questions; the cost vector uses every row
+    from .traversal import complete_rows
+
+    train_full = complete_rows(train)
+    if len(train_full) < len(train):
+        log(f"training cache: {len(train) - len(train_full)} of {len(train)} questions lack some models' labels "
+            f"(a cost-ordered cache); best_single and kNN use the {len(train_full)} complete (explored) questions only")
     offered = [_offered(p, pool, models) for p in test]
     log(f"evaluating on {len(test)} prompts ({', '.join(sorted({p.dataset for p in test}))}); "
         f"{len(train)} training prompts; cost vector: {'training cache' if cost_vec else 'pool prices'}")
@@ -510,21 +518,21 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         ds = run_router(oracle, test, offered)
         report["baselines"]["oracle"] = summarise(test, [d.model_id for d in ds], decisions=ds)
     if "best_single" in wanted:
-        if not train:
-            log("best_single skipped: no train_cache")
+        if not train_full:
+            log("best_single skipped: no train_cache (or no complete row in it)")
         else:
-            bs = BestSingleRouter(train, **common)
+            bs = BestSingleRouter(train_full, **common)
             ds = run_router(bs, test, offered, 0.0)
             s = summarise(test, [d.model_id for d in ds], decisions=ds)
             s["choice_per_dataset"] = bs.choice_per_dataset(models=models)
             report["baselines"]["best_single_per_dataset"] = s
             baseline_decisions["best_single_per_dataset"] = ds
     if "knn" in wanted:
-        if not train:
-            log("knn skipped: no train_cache")
+        if not train_full:
+            log("knn skipped: no train_cache (or no complete row in it)")
         else:
-            log(f"kNN baseline: embedding {len(train)} training prompts")
-            knn = KNNRouter(train, k=cfg.knn_k, max_seq_length=cfg.knn_max_seq_length, **common)
+            log(f"kNN baseline: embedding {len(train_full)} training prompts")
+            knn = KNNRouter(train_full, k=cfg.knn_k, max_seq_length=cfg.knn_max_seq_length, **common)
             ds = run_router(knn, test, offered, 0.0)
             s = summarise(test, [d.with_tau(cfg.tau).model_id for d in ds], decisions=ds)  # type: ignore[union-attr]
             s["tau"] = cfg.tau
@@ -594,6 +602,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         "test": test_stats.__dict__, "train": train_stats.__dict__ if train_stats else None,
         "n_test_prompts": len(test), "models": [m for m in models if m in singles] or list(models),
         "cost_vector": cost_vec, "seconds": time.perf_counter() - t_start,
+        "train_complete_prompts": len(train_full),  # what best_single / kNN learned from (explored rows only)
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")

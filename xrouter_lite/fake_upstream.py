@@ -21,6 +21,13 @@ Script steps: ``ok``, ``429``, ``429:<retry-after-seconds>``, ``500``, ``503``, 
 (sleeps far longer than any client time-out), ``drop`` (closes the connection without an answer),
 ``slow:<seconds>``.
 
+Batch API (OpenAI's ``/v1/files`` + ``/v1/batches``, for ``xrouter-lite cache --batch``): ``POST /v1/files``
+(multipart, purpose ``batch``), ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``GET /v1/batches`` (list),
+``POST /v1/batches/{id}/cancel``, ``GET /v1/files/{id}/content``. A batch stays ``in_progress`` for
+``batch_delay_s`` after its creation (control, read at each poll; default 0) and then completes: every line is answered as a chat completion would be
+(same answers, usage and scripts; a script step other than ``ok`` becomes that line's error). ``/_stats`` counts
+the batch lines per model in ``by_model`` too, and the batches created in ``batches``.
+
 Run it: ``python -m xrouter_lite.fake_upstream --port 9000`` or, in code, ``with FakeUpstream() as up: up.base_url``.
 """
 
@@ -69,6 +76,9 @@ def build_app():
         "by_model": defaultdict(int),
         "tool_calls": {},
         "last_body": {},
+        "batch_delay_s": 0.0,
+        "files": {},
+        "batches": {},
     }
 
     @app.post("/_control")
@@ -85,6 +95,8 @@ def build_app():
             state["usage"] = body["usage"]
         if "tool_calls" in body:
             state["tool_calls"] = dict(body["tool_calls"] or {})
+        if "batch_delay_s" in body:
+            state["batch_delay_s"] = float(body["batch_delay_s"])
         if body.get("reset_stats"):
             state["requests"] = 0
             state["by_model"].clear()
@@ -93,7 +105,8 @@ def build_app():
 
     @app.get("/_stats")
     async def stats():
-        return {"requests": state["requests"], "by_model": dict(state["by_model"]), "last_body": state["last_body"]}
+        return {"requests": state["requests"], "by_model": dict(state["by_model"]), "last_body": state["last_body"],
+                "batches": len(state["batches"])}
 
     @app.get("/v1/models")
     @app.get("/models")
@@ -171,6 +184,7 @@ def build_app():
             "usage": usage,
         }
 
+    _add_batch_endpoints(app, state)
     return app
 
 
@@ -202,6 +216,136 @@ def _tool_call_answer(cid: str, created: int, model: str, calls: list[dict[str, 
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(gen(), media_type="text/event-stream")
+def _answer_body(state: dict[str, Any], body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, body) of one non-streamed chat completion, as ``/v1/chat/completions`` answers it (no latency)."""
+    model = str(body.get("model", ""))
+    q = state["script"].get(model)
+    step = q.popleft() if q else "ok"
+    if step.startswith("slow:"):
+        step = "ok"
+    if step != "ok":
+        code = int(step.split(":", 1)[0]) if step.split(":", 1)[0].isdigit() else 500
+        return code, {"error": {"message": f"fake upstream: {step}", "type": "server_error", "code": code}}
+    text = state["answers"].get(model, state["answers"].get("*", "#### 42"))
+    msgs = body.get("messages") or []
+    prompt_chars = sum(len(str(m.get("content", ""))) for m in msgs)
+    usage = state["usage"] or {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": max(1, len(text) // 4)}
+    usage = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+    return 200, {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
+                 "model": model, "usage": usage,
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
+    """Fields of a multipart/form-data body (the stdlib's email parser; no python-multipart needed)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    out = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            out[name] = part.get_payload(decode=True) or b""
+    return out
+
+
+def _add_batch_endpoints(app, state: dict[str, Any]) -> None:
+    """OpenAI's batch API: files upload, batch create / retrieve / list / cancel, file content."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
+    def not_found(what: str):
+        return JSONResponse({"error": {"message": f"{what} not found", "type": "invalid_request_error"}}, status_code=404)
+
+    def view(b: dict[str, Any]) -> dict[str, Any]:
+        if b["status"] == "in_progress" and time.time() >= b["ready_at"] + state["batch_delay_s"]:
+            _finish_batch(state, b)
+        return {k: v for k, v in b.items() if k not in ("ready_at",)}
+
+    @app.post("/v1/files")
+    @app.post("/files")
+    async def upload(req: Request):
+        fields = _parse_multipart(req.headers.get("content-type", ""), await req.body())
+        if "file" not in fields:
+            return JSONResponse({"error": {"message": "no file", "type": "invalid_request_error"}}, status_code=400)
+        fid = "file-" + uuid.uuid4().hex[:24]
+        state["files"][fid] = fields["file"]
+        return {"id": fid, "object": "file", "bytes": len(fields["file"]), "created_at": int(time.time()),
+                "filename": "batch.jsonl", "purpose": (fields.get("purpose") or b"batch").decode()}
+
+    @app.get("/v1/files/{fid}/content")
+    @app.get("/files/{fid}/content")
+    async def content(fid: str):
+        if fid not in state["files"]:
+            return not_found(f"file {fid}")
+        return Response(state["files"][fid], media_type="application/octet-stream")
+
+    @app.post("/v1/batches")
+    @app.post("/batches")
+    async def create(req: Request):
+        body = await req.json()
+        fid = body.get("input_file_id")
+        if fid not in state["files"]:
+            return not_found(f"input file {fid}")
+        bid = "batch_" + uuid.uuid4().hex[:24]
+        now = time.time()
+        b = state["batches"][bid] = {
+            "id": bid, "object": "batch", "endpoint": body.get("endpoint"), "input_file_id": fid,
+            "completion_window": body.get("completion_window", "24h"), "status": "in_progress",
+            "output_file_id": None, "error_file_id": None, "created_at": int(now),
+            "metadata": body.get("metadata") or {}, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "ready_at": now,  # + the current batch_delay_s (a test may shorten it while a job runs)
+        }
+        return view(b)
+
+    @app.get("/v1/batches/{bid}")
+    @app.get("/batches/{bid}")
+    async def retrieve(bid: str):
+        b = state["batches"].get(bid)
+        return view(b) if b else not_found(f"batch {bid}")
+
+    @app.get("/v1/batches")
+    @app.get("/batches")
+    async def list_batches(limit: int = 100):
+        data = [view(b) for b in sorted(state["batches"].values(), key=lambda b: -b["created_at"])][:limit]
+        return {"object": "list", "data": data, "has_more": False}
+
+    @app.post("/v1/batches/{bid}/cancel")
+    @app.post("/batches/{bid}/cancel")
+    async def cancel(bid: str):
+        b = state["batches"].get(bid)
+        if not b:
+            return not_found(f"batch {bid}")
+        if b["status"] == "in_progress":
+            b["status"] = "cancelled"
+        return view(b)
+
+
+def _finish_batch(state: dict[str, Any], b: dict[str, Any]) -> None:
+    """Answer every line of a batch's input file; write its output (and error) file."""
+    out, err = [], []
+    for line in state["files"][b["input_file_id"]].decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        body = req.get("body") or {}
+        state["by_model"][str(body.get("model", ""))] += 1
+        status, resp = _answer_body(state, body)
+        row = {"id": "batch_req_" + uuid.uuid4().hex[:16], "custom_id": req.get("custom_id"),
+               "response": {"status_code": status, "request_id": uuid.uuid4().hex[:12], "body": resp}, "error": None}
+        (out if status == 200 else err).append(json.dumps(row))
+    b["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+    if out:
+        fid = "file-" + uuid.uuid4().hex[:24]
+        state["files"][fid] = ("\n".join(out) + "\n").encode()
+        b["output_file_id"] = fid
+    if err:
+        fid = "file-" + uuid.uuid4().hex[:24]
+        state["files"][fid] = ("\n".join(err) + "\n").encode()
+        b["error_file_id"] = fid
+    b["status"] = "completed"
+    b["completed_at"] = int(time.time())
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

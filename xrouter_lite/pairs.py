@@ -54,7 +54,7 @@ from .config import COMMAND_LINE, read_yaml_mapping, validate_config
 from .pool import Pool
 from .prompting import DEFAULT_MAX_PROMPT_TOKENS, PromptTooLongError, build_router_prompt, dpo_example, encode_prompt
 from .records import CacheFormatError, ReadReport, iter_records
-from .reward import RewardConfig, offered_rewards
+from .reward import RewardConfig, offered_rewards, reward
 
 Strategy = Literal["best-vs-rest", "all", "best-vs-worst"]
 SubsetMode = Literal["uniform", "per-tier", "full"]
@@ -147,9 +147,17 @@ class PromptGroup:
     dataset: str
     text: str
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    traversal: str | None = None  # None: a full traversal's row; "cost-ordered" or "explore" (xrouter_lite.traversal)
+    skipped: dict[str, float] | None = None  # cost-ordered: dearer models not called -> expected cost (USD)
 
     def valid(self) -> dict[str, tuple[bool, float]]:
         return {m: (o.correct, o.cost) for m, o in self.outcomes.items() if o.correct is not None}
+
+    def unknown(self) -> dict[str, float]:
+        """The models a cost-ordered traversal skipped (no label: unknown, never wrong), with their expected cost."""
+        if not self.skipped:
+            return {}
+        return {m: c for m, c in self.skipped.items() if m not in self.outcomes or self.outcomes[m].correct is None}
 
 
 @dataclass
@@ -199,6 +207,10 @@ def load_groups(path: str | Path, pool: Pool, *, strict: bool = False, stats: In
                 _skip(stats, strict, "prompt_mismatch",
                       f"{where}: prompt_id {rec.prompt_id!r} has a different prompt text than its first line")
                 continue
+            if rec.traversal is not None and g.traversal != "cost-ordered":
+                g.traversal = rec.traversal
+            if rec.skipped and rec.error is None and rec.is_correct:
+                g.skipped = {m: c for m, c in rec.skipped.items() if m in pool}
             new = Outcome(None if rec.error is not None else rec.is_correct, rec.cost, lineno)
             old = g.outcomes.get(rec.model_name)
             if old is not None:
@@ -306,6 +318,40 @@ def make_pairs(
     return pairs
 
 
+def implied_pairs(
+    rewards: dict[str, float], unknown_upper: dict[str, float], strategy: str, margin: float
+) -> list[tuple[str, str]]:
+    """The preferences over skipped (unknown) models that the known labels and the reward imply: a known model A
+    beats a skipped model S when R(A) > R_max(S) + margin, R_max(S) being S's reward *were it correct* (at its
+    expected cost). Under lambda > 0 a correct answer dominates the dearer models a cost-ordered traversal skipped
+    once the cost gap passes the margin; with lambda = 0 nothing is implied. No pair *for* a skipped model is ever
+    made (it may be wrong). ``best-vs-rest``: only the best known model's; ``all``: every known model's."""
+    if not rewards or not unknown_upper:
+        return []
+    if strategy == "best-vs-rest":
+        best = max(sorted(rewards), key=lambda m: rewards[m])
+        winners = [best]
+    else:
+        winners = sorted(rewards)
+    return [(a, s) for a in winners for s in sorted(unknown_upper) if rewards[a] > unknown_upper[s] + margin]
+
+
+def check_strategy_for_partial_rows(cfg: PairsConfig, partial_prompts: int, source: str) -> None:
+    """Refuse a strategy that needs labels a cost-ordered cache does not have (raises PairsInputError)."""
+    if not partial_prompts:
+        return
+    if cfg.strategy == "best-vs-worst":
+        raise PairsInputError(
+            f"{source}: strategy best-vs-worst needs every question's worst model, but {partial_prompts} question(s) "
+            "come from a cost-ordered traversal whose skipped (dearer) models were never called; use --strategy all "
+            "(known and implied pairs only) or build the cache with --traversal full")
+    if cfg.strategy == "best-vs-rest" and (cfg.reward.lam <= 0 or cfg.reward.cost_max <= 0):
+        raise PairsInputError(
+            f"{source}: strategy best-vs-rest with lambda {cfg.reward.lam:g} needs the labels of the models a "
+            f"cost-ordered traversal skipped ({partial_prompts} question(s)): only lambda > 0 makes a cheaper correct "
+            "answer beat them unseen; use --lambda > 0, --strategy all (known pairs only) or a full cache")
+
+
 def split_prompt_ids(prompt_ids: Iterable[str], eval_fraction: float, seed: int) -> set[str]:
     """The held-out prompt ids: a seeded shuffle of the sorted ids, the first round(fraction x n)."""
     ids = sorted(set(prompt_ids))
@@ -373,6 +419,11 @@ class PairsReport:
     pairs_eval: int = 0
     pairs_correct_vs_wrong: int = 0
     pairs_both_correct: int = 0
+    prompts_partial: int = 0  # rows of a cost-ordered traversal with skipped (unknown) models
+    prompts_explored: int = 0  # rows of a cost-ordered run's exploration sample (every model called)
+    eval_prompts_partial: int = 0  # held-out rows with unknown models: not fit for the evaluation's full rows
+    pairs_by_kind: dict[str, int] = field(default_factory=dict)  # full_rows / partial_rows_known / implied_over_skipped
+    skipped_models_unpaired: int = 0  # (router prompt, skipped model) with no implied pair: unknown, left out
     mean_cost_chosen_per_1k: float = 0.0  # USD per 1,000 queries, averaged over pairs
     mean_cost_rejected_per_1k: float = 0.0
     chosen_models: dict[str, int] = field(default_factory=dict)
@@ -476,6 +527,8 @@ def run_pairs(
     cache_path = Path(cache_path)
     stats = InputStats()
     groups = load_groups(cache_path, pool, strict=cfg.strict, stats=stats)
+    partial_ids = {pid for pid, g in groups.items() if g.unknown()}
+    check_strategy_for_partial_rows(cfg, len(partial_ids), str(cache_path))
     eval_ids = split_prompt_ids(groups, cfg.eval_fraction, cfg.seed)
     rep = PairsReport(cache=str(cache_path), config=cfg.model_dump(mode="json"), tokenizer=tokenizer_name)
     rep.lines_with_records = stats.lines_with_records
@@ -488,6 +541,11 @@ def run_pairs(
     rep.prompts_read = len(groups)
     rep.prompts_eval = len(eval_ids)
     rep.prompts_train = len(groups) - len(eval_ids)
+    rep.prompts_partial = len(partial_ids)
+    rep.prompts_explored = sum(g.traversal == "explore" for g in groups.values())
+    rep.eval_prompts_partial = len(partial_ids & eval_ids)
+    kinds: Counter = Counter()
+    unsettled = 0
 
     no_pair: Counter = Counter()
     chosen_c: Counter = Counter()
@@ -513,11 +571,12 @@ def run_pairs(
             if on_prompt is not None:
                 on_prompt()
             valid = g.valid()
-            if len(valid) < 2:
+            unknown = g.unknown()
+            if len(valid) + len(unknown) < 2 or not valid:
                 rep.prompts_too_few_models += 1
                 continue
             side = "eval" if pid in eval_ids else "train"
-            candidates = [m for m in pool.ids if m in valid]
+            candidates = [m for m in pool.ids if m in valid or m in unknown]
             rng = prompt_rng(cfg.seed, pid)
             seen: set[frozenset[str]] = set()
             any_pair = False
@@ -532,10 +591,31 @@ def run_pairs(
                 seen.add(frozenset(offered))
                 rep.router_prompts += 1
                 sizes[str(len(offered))] += 1
-                outcome = {m: valid[m] for m in offered}
-                rewards = offered_rewards(outcome, cfg.reward)
-                costs = {m: c for m, (_, c) in outcome.items()}
-                pairs = make_pairs(rewards, costs, cfg.strategy, cfg.margin, cfg.max_pairs_per_prompt, rng)
+                outcome = {m: valid[m] for m in offered if m in valid}
+                unk = {m: unknown[m] for m in offered if m in unknown}
+                if not unk:
+                    rewards = offered_rewards(outcome, cfg.reward)
+                    costs = {m: c for m, (_, c) in outcome.items()}
+                    pairs = make_pairs(rewards, costs, cfg.strategy, cfg.margin, cfg.max_pairs_per_prompt, rng)
+                    n_implied = 0
+                    shown = rewards
+                else:  # a cost-ordered row: known labels, plus what they imply over the skipped models
+                    top = max([c for _, c in outcome.values()] + list(unk.values()))
+                    rewards = {m: reward(ok, c, cfg.reward, top) for m, (ok, c) in outcome.items()}
+                    upper = {m: reward(True, c, cfg.reward, top) for m, c in unk.items()}
+                    costs = {m: c for m, (_, c) in outcome.items()} | unk
+                    known = make_pairs(rewards, costs, cfg.strategy, cfg.margin, None, rng) if len(rewards) > 1 else []
+                    implied = implied_pairs(rewards, upper, cfg.strategy, cfg.margin)
+                    # a skipped model whose expected cost is too close to the best's (within the margin) stays
+                    # unpaired: its pair is unknown, never invented
+                    unsettled += len(unk) - len({b for _, b in implied})
+                    pairs = known + implied
+                    if cfg.max_pairs_per_prompt is not None and len(pairs) > cfg.max_pairs_per_prompt:
+                        keep = set(rng.sample(range(len(pairs)), cfg.max_pairs_per_prompt))
+                        pairs = [p for i, p in enumerate(pairs) if i in keep]
+                    implied_set = set(implied)
+                    n_implied = sum(p in implied_set for p in pairs)
+                    shown = rewards | upper  # a rejected skipped model's row shows its reward were it correct
                 if not pairs:
                     no_pair["all_wrong" if not any(ok for ok, _ in outcome.values()) else "tie"] += 1
                     continue
@@ -555,12 +635,16 @@ def run_pairs(
                 any_pair = True
                 rep.router_prompts_with_pairs += 1
                 best_c[min(rewards, key=lambda m: (-rewards[m], costs[m], m))] += 1
+                kinds["implied_over_skipped"] += n_implied
+                kinds["partial_rows_known" if unknown else "full_rows"] += len(pairs) - n_implied
                 for a, b in pairs:
                     chosen_c[a] += 1
                     rejected_c[b] += 1
                     cost_sums[0] += costs[a]
                     cost_sums[1] += costs[b]
-                    if outcome[b][0]:
+                    if b in unk:
+                        pass  # implied: b's label is unknown
+                    elif outcome[b][0]:
                         rep.pairs_both_correct += 1
                         rejected_cc[b] += 1
                     else:
@@ -573,7 +657,7 @@ def run_pairs(
                         row = dpo_example(
                             g.text, specs, a, b,
                             prompt_id=pid, dataset=g.dataset,
-                            reward_chosen=round(rewards[a], 8), reward_rejected=round(rewards[b], 8),
+                            reward_chosen=round(shown[a], 8), reward_rejected=round(shown[b], 8),
                             cost_chosen=costs[a], cost_rejected=costs[b],
                         )
                         writers[side].write(json.dumps(row, ensure_ascii=False))
@@ -592,6 +676,8 @@ def run_pairs(
         raise
 
     rep.no_pair = dict(no_pair)
+    rep.skipped_models_unpaired = unsettled
+    rep.pairs_by_kind = {k: kinds[k] for k in ("full_rows", "partial_rows_known", "implied_over_skipped") if kinds[k]}
     if rep.pairs_total:
         rep.mean_cost_chosen_per_1k = round(1000 * cost_sums[0] / rep.pairs_total, 6)
         rep.mean_cost_rejected_per_1k = round(1000 * cost_sums[1] / rep.pairs_total, 6)
@@ -653,6 +739,8 @@ def print_report(rep: PairsReport, console: Any = None) -> None:
         ("  with pairs", rep.router_prompts_with_pairs),
         *[(f"  no pair: {k}", v) for k, v in sorted(rep.no_pair.items())],
         (f"pairs ({rep.config.get('strategy')})", rep.pairs_total),
+        *[(f"  from {k.replace('_', ' ')}", v) for k, v in rep.pairs_by_kind.items()],
+        *([("  skipped models left unpaired (unknown)", rep.skipped_models_unpaired)] if rep.prompts_partial else []),
         ("  train / eval", f"{rep.pairs_train} / {rep.pairs_eval}"),
         ("  correct vs wrong / both correct (cost)", f"{rep.pairs_correct_vs_wrong} / {rep.pairs_both_correct}"),
         ("mean $ per 1k queries: chosen / rejected",
@@ -672,6 +760,12 @@ def print_report(rep: PairsReport, console: Any = None) -> None:
     for n in names:
         m.add_row(n, str(rep.chosen_models.get(n, 0)), str(rep.rejected_models.get(n, 0)), str(rep.best_models.get(n, 0)))
     console.print(m)
+    if rep.prompts_partial:
+        console.print(f"{rep.prompts_partial} question(s) come from a cost-ordered traversal (skipped models: unknown, "
+                      f"never scored as wrong), {rep.prompts_explored} from its exploration sample (every model)")
+    if rep.eval_prompts_partial:
+        console.print(f"[yellow]{rep.eval_prompts_partial} held-out question(s) have skipped models: evaluate on full rows "
+                      "(the explored questions, or a full cache's test_cache.jsonl)")
     for ex in rep.skipped_examples[:5]:
         console.print(f"[yellow]skipped:[/yellow] {ex}")
     for name, path in rep.outputs.items():

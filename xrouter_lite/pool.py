@@ -15,7 +15,9 @@ A pool file is YAML::
 
 Optional per model: ``api_base`` (any OpenAI-compatible server, e.g. Ollama), ``api_key_env`` (name of the
 environment variable holding its key), ``reasoning`` (accepts only temperature 1.0), ``hf_model`` (a local
-Hugging Face model run with transformers instead of an API), ``provider``.
+Hugging Face model run with transformers instead of an API), ``provider``; for provider batch jobs
+(``xrouter-lite cache --batch``) ``batch_discount`` (fraction off, e.g. 0.5) or ``batch_input_price`` /
+``batch_output_price``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class ModelSpec(BaseModel):
     reasoning: bool = False
     provider: str | None = None
     hf_model: str | None = None
+    # provider batch API prices (xrouter_lite.batch): explicit batch prices, or a discount off the list prices
+    batch_input_price: float | None = Field(None, ge=0, description="USD per 1M input tokens in a batch job")
+    batch_output_price: float | None = Field(None, ge=0, description="USD per 1M output tokens in a batch job")
+    batch_discount: float | None = Field(None, ge=0, lt=1, description="fraction off the list prices in a batch job (0.5: half price)")
 
     @field_validator("id")
     @classmethod
@@ -77,6 +83,19 @@ class ModelSpec(BaseModel):
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """USD for one call, from the pool's prices and the provider's token usage."""
         return input_tokens / 1e6 * self.input_price + output_tokens / 1e6 * self.output_price
+
+    @property
+    def has_batch_price(self) -> bool:
+        return self.batch_discount is not None or (self.batch_input_price is not None and self.batch_output_price is not None)
+
+    def batch_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """USD for one call made through the provider's batch API (``batch_*_price``, else ``batch_discount``)."""
+        if self.batch_input_price is not None and self.batch_output_price is not None:
+            return input_tokens / 1e6 * self.batch_input_price + output_tokens / 1e6 * self.batch_output_price
+        if self.batch_discount is None:
+            raise ValueError(f"model {self.id!r} has no batch price: set batch_discount or batch_input_price and "
+                             "batch_output_price in the pool file")
+        return self.cost(input_tokens, output_tokens) * (1.0 - self.batch_discount)
 
 
 def tool_name(model_id: str) -> str:

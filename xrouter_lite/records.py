@@ -47,6 +47,11 @@ class CacheRecord:
     latency_s: float = 0.0
     error: str | None = None
     task: str | None = None
+    # written by a cost-ordered traversal only (absent from a full traversal's lines): "cost-ordered" or "explore"
+    # (an explored question, every model called); on the record of the answer that stopped a question, the dearer
+    # models not called, with their expected cost in USD (they are unknown, never wrong)
+    traversal: str | None = None
+    skipped: dict[str, float] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -57,7 +62,11 @@ class CacheRecord:
         return self.error is None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        d = asdict(self)
+        for k in ("traversal", "skipped"):  # full-traversal lines keep the original format
+            if d[k] is None:
+                del d[k]
+        return json.dumps(d, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "") -> CacheRecord:
@@ -95,12 +104,22 @@ class CacheRecord:
             latency_s=float(d.get("latency_s", 0.0) or 0.0),
             error=d.get("error"),
             task=d.get("task"),
+            traversal=d.get("traversal"),
+            skipped=_skipped(d.get("skipped"), where),
         )
 
     def validate_numbers(self, where: str = "") -> None:
         """Raise CacheFormatError for NaN/infinite/negative cost (the pairs stage calls this)."""
         if math.isnan(self.cost) or math.isinf(self.cost) or self.cost < 0:
             raise CacheFormatError(f"{where}: cost must be a finite number >= 0, got {self.cost!r}")
+
+
+def _skipped(v: Any, where: str) -> dict[str, float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v.values()):
+        raise CacheFormatError(f"{where}: field skipped must map model names to expected costs (USD)")
+    return {str(m): float(c) for m, c in v.items()}
 
 
 @dataclass
