@@ -26,3 +26,5 @@ __all__ = [
     "SERVER_FIELDS", "Scrubber", "ServeSettings", "UpstreamStream", "bind_socket", "create_app", "estimate_cost",
     "estimate_costs", "estimate_prompt_tokens", "load_router", "run_server", "validation_text",
 ]
+
+_validation_text = validation_text  # the name serve.py had (callers written against it keep working)
