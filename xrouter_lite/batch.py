@@ -94,7 +94,7 @@ class _Client:
     """The four batch requests, over the shared aiohttp session."""
 
     def __init__(self, spec: ModelSpec, timeout_s: float):
-        from .llm import _api_key
+        from .llm import api_key_for as _api_key
 
         self.base, self.model = batch_base(spec)
         key = _api_key(spec)
@@ -107,7 +107,7 @@ class _Client:
     async def _req(self, method: str, path: str, **kw) -> Any:
         import aiohttp
 
-        from .llm import _http_session
+        from .llm import http_session as _http_session
 
         url = self.base + path
         for attempt in range(5):

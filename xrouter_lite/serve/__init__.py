@@ -14,7 +14,7 @@ running it).
 
 from .app import Plan, RouterServer, bind_socket, create_app, load_router, run_server
 from .batcher import DecisionBatcher, QueueFullError
-from .budget import BudgetLedger, estimate_cost, estimate_prompt_tokens
+from .budget import BudgetLedger, estimate_cost, estimate_costs, estimate_prompt_tokens
 from .decision_log import DecisionLog
 from .protocol import PASS_FIELDS, ROUTER_MODEL, SERVER_FIELDS, ApiError, ChatMessage, ChatRequest
 from .settings import ServeSettings, validation_text
@@ -24,5 +24,7 @@ __all__ = [
     "ApiError", "BudgetLedger", "CallRecord", "ChatMessage", "ChatRequest", "DecisionBatcher", "DecisionLog",
     "DirectStream", "LiteLLMStream", "PASS_FIELDS", "Plan", "QueueFullError", "ROUTER_MODEL", "RouterServer",
     "SERVER_FIELDS", "Scrubber", "ServeSettings", "UpstreamStream", "bind_socket", "create_app", "estimate_cost",
-    "estimate_prompt_tokens", "load_router", "run_server", "validation_text",
+    "estimate_costs", "estimate_prompt_tokens", "load_router", "run_server", "validation_text",
 ]
+
+_validation_text = validation_text  # the name serve.py had (callers written against it keep working)

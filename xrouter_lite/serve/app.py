@@ -26,7 +26,7 @@ from ..pool import ModelSpec, Pool, load_pool
 from ..prompting import conversation_to_query
 from ..router import BaseRouter, Decision
 from .batcher import DecisionBatcher, QueueFullError
-from .budget import BudgetLedger, estimate_cost, estimate_prompt_tokens
+from .budget import BudgetLedger, estimate_costs, estimate_prompt_tokens
 from .decision_log import DecisionLog
 from .protocol import (
     ROUTER_MODEL,
@@ -206,18 +206,14 @@ class RouterServer:
             offered = able
         return offered
 
-    def estimate(self, spec: ModelSpec, messages, params) -> float:
-        return estimate_cost(spec, messages, params, self.settings.expected_output_tokens)
+    def estimates(self, specs: list[ModelSpec], messages, params) -> dict[str, float]:
+        return estimate_costs(specs, messages, params, self.settings.expected_output_tokens)
 
     def budget_filter(self, specs: list[ModelSpec], messages, params, budget: float) -> list[ModelSpec]:
-        ok = []
         server_left = self.ledger.remaining()
-        cheapest = math.inf
-        for s in specs:
-            est = self.estimate(s, messages, params)
-            cheapest = min(cheapest, est)
-            if est <= budget and est <= server_left:
-                ok.append(s)
+        est = self.estimates(specs, messages, params)
+        ok = [s for s in specs if est[s.id] <= budget and est[s.id] <= server_left]
+        cheapest = min(est.values(), default=math.inf)
         if ok:
             return ok
         lg = self.ledger
@@ -238,7 +234,8 @@ class RouterServer:
         ids = [s.id for s in offered]
         if self.settings.default_model in ids:
             return self.settings.default_model
-        return min(offered, key=lambda s: (self.estimate(s, messages, params), ids.index(s.id))).id
+        est = self.estimates(offered, messages, params)
+        return min(offered, key=lambda s: (est[s.id], ids.index(s.id))).id
 
     async def plan(self, req: ChatRequest, messages, params, request_id: str) -> Plan:
         """Which models to try, in which order: the named one (bypass), or the router's ranking of the offered
@@ -282,7 +279,8 @@ class RouterServer:
         log.warning("router failed, using the default model: %s", reason)
         plan.router_failed = True
         default = self.default_for(offered, messages, params)
-        by_cost = sorted(offered, key=lambda s: self.estimate(s, messages, params))
+        est = self.estimates(offered, messages, params)
+        by_cost = sorted(offered, key=lambda s: est[s.id])
         plan.order = [default] + [s.id for s in by_cost if s.id != default]
         return plan
 
@@ -291,7 +289,7 @@ class RouterServer:
         return [self.pool.get(m) for m in plan.order[: self.settings.max_fallback_tries]]
 
     def affordable(self, spec: ModelSpec, messages, params, plan: Plan, spent: float) -> float | None:
-        est = self.estimate(spec, messages, params)
+        est = self.estimates([spec], messages, params)[spec.id]
         if est > plan.budget - spent or est > self.ledger.remaining():
             return None
         return est

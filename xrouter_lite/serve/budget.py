@@ -52,12 +52,18 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
     return max(1, chars // 4 + 16 * len(messages))
 
 
-def estimate_cost(spec: ModelSpec, messages: Sequence[dict[str, Any]], params: dict[str, Any],
-                  expected_output_tokens: int) -> float:
-    """The pre-call cost estimate used for budgets: pool prices x (``estimate_prompt_tokens`` input tokens, the
-    request's output-token cap or else ``expected_output_tokens``, at most the model's ``max_output_tokens``).
-    Never negative."""
+def estimate_costs(specs: Sequence[ModelSpec], messages: Sequence[dict[str, Any]], params: dict[str, Any],
+                   expected_output_tokens: int) -> dict[str, float]:
+    """The pre-call cost estimate of each model, used for budgets: pool prices x (``estimate_prompt_tokens`` input
+    tokens, tool definitions included; the request's output-token cap or else ``expected_output_tokens``, at most
+    the model's ``max_output_tokens``). Never negative."""
     tools = params.get("tools")
     in_tok = estimate_prompt_tokens(messages) + (len(json.dumps(tools, default=str)) // 4 if tools else 0)
-    out_tok = min(spec.max_output_tokens, output_tokens_asked(params) or expected_output_tokens)
-    return max(0.0, spec.cost(in_tok, max(0, out_tok)))
+    out_tok = output_tokens_asked(params) or expected_output_tokens
+    return {s.id: max(0.0, s.cost(in_tok, max(0, min(s.max_output_tokens, out_tok)))) for s in specs}
+
+
+def estimate_cost(spec: ModelSpec, messages: Sequence[dict[str, Any]], params: dict[str, Any],
+                  expected_output_tokens: int) -> float:
+    """``estimate_costs`` of one model."""
+    return estimate_costs([spec], messages, params, expected_output_tokens)[spec.id]
