@@ -130,6 +130,12 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    router: str | None = Field(
+        None, description="Router: knn, cluster, cheapest, strongest, random, lora, lora:DIR or a router folder "
+        "(default: lora with 'adapter')")
+    train_cache: Path | None = Field(None, description="Training cache of knn/cluster/strongest (and the cost vector)")
+    decision_log: Path | None = Field(None, description="Append one JSON line per routed request here (opt-in)")
+    decision_log_messages: bool = Field(False, description="Also write each request's messages in the decision log")
     adapter: Path | None = Field(None, description="LoRA adapter folder of the trained router")
     base_model: str | None = Field(None, description="Base model of the adapter (default: the adapter's own record)")
     router_mode: Literal["score", "generate"] = Field(
@@ -654,6 +660,7 @@ class _Plan:
     order: list[str] = field(default_factory=list)
     router_failed: bool = False
     decision_s: float = 0.0
+    decision: Decision | None = None  # the router's decision (for the decision log)
 
 
 class RouterServer:
@@ -672,6 +679,11 @@ class RouterServer:
         self.scrub = Scrubber(pool, [settings.api_key.get_secret_value()] if settings.api_key else [])
         self.inflight = 0
         self.counts = {"requests": 0, "errors": 0, "fallbacks": 0, "router_failures": 0}
+        self.decision_log = None
+        if settings.decision_log is not None:
+            from .decision_log import DecisionLog
+
+            self.decision_log = DecisionLog(settings.decision_log, settings.decision_log_messages)
         offered = settings.offered or pool.ids
         unknown = [m for m in offered if m not in pool]
         if unknown:
@@ -701,6 +713,16 @@ class RouterServer:
         from . import llm
 
         await llm.aclose()  # this event loop's session of the direct transport
+
+    def log_decision(self, rid: str, plan: _Plan, md: dict[str, Any], messages) -> None:
+        """One line in the opt-in decision log (routed requests only; see ``decision_log``)."""
+        if self.decision_log is None or plan.strategy != "route":
+            return
+        from .decision_log import decision_entry
+
+        self.decision_log.write(decision_entry(
+            rid, self.router, plan.tau, [s.id for s in plan.offered], plan.decision, md.get("model_used"),
+            md.get("target_models_cost"), md.get("routing_strategy"), messages))
 
     def use_direct(self, spec: ModelSpec) -> bool:
         from . import llm
@@ -780,10 +802,10 @@ class RouterServer:
             if not math.isfinite(tau):
                 raise ApiError(400, f"model {name!r}: the cost knob after 'router-' must be a finite number, "
                                f"e.g. 'router-0.5'", param="model", code="invalid_model")
-            if getattr(self.router, "mode", "score") == "generate":
-                raise ApiError(400, f"model {name!r}: this server's router decodes its answer (mode 'generate'), "
-                               "which has no cost knob; use model 'router' (or serve with router_mode 'score')",
-                               param="model", code="invalid_model")
+            if not getattr(self.router, "takes_tau", True):
+                raise ApiError(400, f"model {name!r}: this server's router ({getattr(self.router, 'name', '?')}"
+                               f"{', mode generate' if getattr(self.router, 'mode', '') == 'generate' else ''}) "
+                               "has no cost knob; use model 'router'", param="model", code="invalid_model")
             return "route", tau, None
         if name in self.pool:
             return "bypass", None, self.pool.get(name)
@@ -860,6 +882,7 @@ class RouterServer:
         if decision is not None and (not decision.valid or decision.model_id not in ids):
             reason = f"unusable router answer: {decision.invalid_reason or decision.model_id!r}"
         if reason is None:
+            plan.decision = decision
             ranked = [m for m in decision.ranked() if m in ids]
             ranked += [m for m in ids if m not in ranked]
             plan.order = ranked
@@ -1125,6 +1148,7 @@ def create_app(
             md = srv.metadata(plan, calls, meta.model_id, t0)
             if md["routing_strategy"] == "fallback":
                 srv.counts["fallbacks"] += 1
+            srv.log_decision(rid, plan, md, messages)
             body = {
                 "id": rid, "object": "chat.completion", "created": int(time.time()), "model": meta.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -1193,6 +1217,7 @@ async def _stream_response(srv: RouterServer, plan: _Plan, messages, params, rid
             srv.ledger.settle(est, rec.cost)
             settled = True
             md = srv.metadata(plan, calls, spec.id, t0)
+            srv.log_decision(rid, plan, md, messages)
             if rec.error is not None:
                 srv.counts["errors"] += 1
                 yield "data: " + json.dumps({"error": {"message": f"upstream {spec.id} failed mid-stream: {rec.error}",
@@ -1224,19 +1249,18 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
 
 
 def load_router(settings: ServeSettings, pool: Pool) -> BaseRouter:
-    """The trained LoRA router (``router.LoRARouter``) from ``settings.adapter``, loaded once."""
-    if settings.adapter is None:
-        raise ValueError("no --adapter given: the server needs a trained router adapter folder")
-    if not Path(settings.adapter).is_dir():
-        raise ValueError(f"adapter folder not found: {settings.adapter}")
-    if not (Path(settings.adapter) / "adapter_config.json").exists():
-        raise ValueError(f"{settings.adapter}: no adapter_config.json (not a LoRA adapter folder)")
-    from .router import LoRARouter
+    """The router of ``settings`` (``settings.router``, else the LoRA adapter), built by the one factory
+    (``routing.load_router``) with its saved cost vector, as evaluation builds it."""
+    from .routing import load_router as build
 
-    return LoRARouter(
-        base_model=settings.base_model, adapter_dir=settings.adapter, mode=settings.router_mode,
-        default_model=settings.default_model, device=settings.device, quantize=settings.quantize,
-        batch_size=settings.max_router_batch, tau=settings.tau or 0.0,
+    name = settings.router or "lora"
+    if name == "lora" and settings.adapter is None:
+        raise ValueError("no router: give --router NAME (knn, cluster, cheapest, strongest) or --adapter DIR")
+    return build(
+        name, pool=pool, adapter=settings.adapter, train_cache=settings.train_cache, base_model=settings.base_model,
+        mode=settings.router_mode, default_model=settings.default_model, device=settings.device,
+        quantize=settings.quantize, batch_size=settings.max_router_batch, tau=settings.tau or 0.0,
+        log=log.info,
     )
 
 
@@ -1249,7 +1273,7 @@ def run_server(settings: ServeSettings, router: BaseRouter | None = None) -> Non
     pool = load_pool(settings.pool)
     if router is None:
         t0 = time.perf_counter()
-        log.info("loading the router from %s ...", settings.adapter)
+        log.info("loading the router %s ...", settings.router or settings.adapter)
         router = load_router(settings, pool)
         log.info("router %s loaded in %.1f s", getattr(router, "name", "?"), time.perf_counter() - t0)
     app = create_app(pool=pool, settings=settings, router=router)
