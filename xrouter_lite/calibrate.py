@@ -121,6 +121,9 @@ def envelope(base: Mapping[str, float], costs: Mapping[str, float]) -> list[tupl
         out.append((t, cur))
 
 
+BREAKPOINT_RTOL = 1e-9
+
+
 def sweep(rows: Sequence[Row]) -> list[Point]:
     """The figures on every interval of tau (see the module docstring). Cost per query in USD; accuracy None
     when the rows carry no grades."""
@@ -156,7 +159,9 @@ def sweep(rows: Sequence[Row]) -> list[Point]:
         if t > lo:
             points.append(point(lo, t))
             lo = t
-        while k < len(events) and events[k][0] == t:
+        # breakpoints equal up to rounding (the same tie reached through different arithmetic) are one
+        tol = BREAKPOINT_RTOL * max(1.0, abs(t))
+        while k < len(events) and events[k][0] <= t + tol:
             _, i, m = events[k]
             old = choice[i]
             if graded:
