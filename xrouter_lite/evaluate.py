@@ -440,7 +440,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         router_objs[label] = r
         takes_tau[label] = r.takes_tau
         cost_origin[label] = r.cost_info.origin if r.cost_info else ""
-        if getattr(r, "adapter_dir", None) and cfg.cost_source == "train" and read_router_file(r.adapter_dir) is None:
+        if (getattr(r, "adapter_dir", None) and cfg.cost_source == "train" and train
+                and read_router_file(r.adapter_dir) is None):
             path = write_router_file(r.adapter_dir, r.spec or {"router": "lora"}, r.cost_info)
             log(f"[{label}] saved its cost vector with the adapter: {path} (serving reads it: the same tau)")
         if label == "router" and r.cost_info is not None and r.cost_info.origin.startswith("saved"):

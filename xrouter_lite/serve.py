@@ -710,6 +710,8 @@ class RouterServer:
     async def shutdown(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.decision_log is not None:
+            self.decision_log.close()
         from . import llm
 
         await llm.aclose()  # this event loop's session of the direct transport
