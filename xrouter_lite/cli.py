@@ -404,6 +404,9 @@ def serve_cmd(
     decision_log: Optional[Path] = typer.Option(
         None, "--decision-log", help="Append one JSON line per routed request here (for `xrouter-lite calibrate --from-log`)."
     ),
+    decision_log_messages: bool = typer.Option(
+        False, "--decision-log-messages", help="Also write each request's messages into the decision log (off: no text)."
+    ),
     port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default: 8800)."),
     host: Optional[str] = typer.Option(
         None, "--host", help="Address to bind (default: 127.0.0.1, this machine only; anything else is warned about)."
@@ -457,7 +460,8 @@ def serve_cmd(
     from .serve import ServeSettings, run_server
 
     overrides = dict(
-        router=router, train_cache=train_cache, decision_log=decision_log, adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, router_mode=router_mode, device=device,
+        router=router, train_cache=train_cache, decision_log=decision_log,
+        decision_log_messages=True if decision_log_messages else None, adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, router_mode=router_mode, device=device,
         quantize=quantize, default_model=default_model, tau=tau,
         api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
         server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
