@@ -15,6 +15,7 @@ from xrouter_lite.evaluate import (
     rederive_from_decisions,
     summarise,
 )
+from xrouter_lite.pool import load_pool
 from xrouter_lite.records import CacheRecord, TokenUsage
 from xrouter_lite.router import LabeledPrompt, Outcome
 
@@ -156,6 +157,21 @@ def test_router_end_to_end_and_figures_rederive_from_decisions(rb_split, adapter
     assert far["accuracy"] == pytest.approx(pt["accuracy"]) and far["total_cost"] == pytest.approx(pt["total_cost"])
     assert list(far["call_share"]) == ["mistralai/mistral-7b-chat"]
     assert "router" in rep["curves"]["metrics"] and "aiq" in rep["curves"]["metrics"]["router"]
+    # the cost vector tau multiplied is saved with the adapter (router.json), for serving to use the same one
+    from xrouter_lite.routing import normalised_costs, read_router_file
+
+    saved = read_router_file(adapter_dir)
+    assert saved["cost_per_query_usd"] == pytest.approx(rep["data"]["cost_vector"])
+    assert all(saved["cost_source"][m] == "train" for m in THREE)
+    pool = load_pool(rep["config"]["pool"])
+    for d in lines:
+        assert d["costs"] == pytest.approx(normalised_costs("", pool.subset(THREE), saved["cost_per_query_usd"]))
+    # ... and the factory (the server's and Python's way in) loads the adapter with that saved vector
+    from xrouter_lite import Router
+
+    served = Router.load(str(adapter_dir), pool=pool, device="cpu")
+    assert served.name == "lora" and served.cost_info.origin.startswith("saved")
+    assert served.cost_per_query == pytest.approx(saved["cost_per_query_usd"])
 
 
 def test_online_mode_calls_the_chosen_model_and_grades_it(adapter_dir, tmp_path):

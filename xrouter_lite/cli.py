@@ -374,7 +374,11 @@ def eval_cmd(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Eval config YAML (see configs/eval.yaml); the options below override it."
     ),
+    router: Optional[str] = typer.Option(
+        None, "--router", help="Router under test: knn, cluster, cheapest, strongest, random, lora:DIR or a router folder."
+    ),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder of the router (omit: baselines only)."),
+    n_clusters: Optional[int] = typer.Option(None, "--n-clusters", min=1, help="Router cluster: k-means clusters (default: sqrt(N/2))."),
     extra_adapter: Optional[list[str]] = typer.Option(
         None, "--extra-adapter", help="LABEL=FOLDER: another adapter (e.g. another lambda), one more curve. Repeatable."
     ),
@@ -403,7 +407,8 @@ def eval_cmd(
     online: bool = typer.Option(False, "--online", help="Call the chosen models for real and grade their answers."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not draw curve.png."),
 ) -> None:
-    """Evaluate the trained router against baselines: accuracy, total cost, curves (report.json/.md, curve.png)."""
+    """Evaluate a router (--router NAME or --adapter DIR) against baselines: accuracy, total cost, curves
+    (report.json/.md, curve.png, decisions.jsonl with every question's scores and costs)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -421,7 +426,7 @@ def eval_cmd(
             k, v = item.split("=", 1)
             extra[k] = v
     overrides = dict(
-        adapter=adapter, extra_adapters=extra, base_model=base_model, test_cache=test_cache, train_cache=train_cache,
+        router=router, adapter=adapter, n_clusters=n_clusters, extra_adapters=extra, base_model=base_model, test_cache=test_cache, train_cache=train_cache,
         pool=pool, out_dir=out, mode=mode, tau=tau, max_queries=max_queries, batch_size=batch_size, device=device,
         quantize=quantize, cost_source=cost_source, default_model=default_model, seed=seed,
         online=True if online else None, plot=False if no_plot else None,
@@ -452,6 +457,12 @@ def eval_cmd(
 
 @app.command("serve")
 def serve_cmd(
+    router: Optional[str] = typer.Option(
+        None, "--router", help="knn, cluster, cheapest, strongest, random (no GPU, no training) or lora (default with --adapter)."
+    ),
+    train_cache: Optional[Path] = typer.Option(
+        None, "--train-cache", help="Training cache of knn/cluster/strongest: their data and the cost vector of tau."
+    ),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Folder of the trained router's LoRA adapter."),
     pool: Optional[Path] = typer.Option(None, "--pool", help="Pool YAML of the models that answer (default: configs/pool.yaml)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port to listen on (default: 8800)."),
@@ -504,7 +515,9 @@ def serve_cmd(
     ),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info, warning or error (default: info)."),
 ) -> None:
-    """Serve the router as an OpenAI-compatible API (POST /v1/chat/completions with model="router")."""
+    """Serve a router as an OpenAI-compatible API (POST /v1/chat/completions with model="router").
+
+    A trained LoRA router (--adapter DIR) or one that needs no GPU: --router knn --train-cache CACHE --pool POOL."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -512,7 +525,7 @@ def serve_cmd(
     from .serve import ServeSettings, run_server
 
     overrides = dict(
-        adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, router_mode=router_mode, device=device,
+        router=router, train_cache=train_cache, adapter=adapter, pool=pool, port=port, host=host, base_model=base_model, router_mode=router_mode, device=device,
         quantize=quantize, default_model=default_model, tau=tau,
         api_key=api_key, max_fallback_tries=max_fallback_tries, request_budget_usd=request_budget_usd,
         server_budget_usd=server_budget_usd, upstream_timeout_s=upstream_timeout_s, router_timeout_s=router_timeout_s,
@@ -532,8 +545,9 @@ def serve_cmd(
             msg = validation_text(e)  # type: ignore[arg-type]
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None
-    if settings.adapter is None:
-        typer.echo("error: no router adapter: give --adapter DIR (or 'adapter:' in the config)", err=True)
+    if settings.adapter is None and (settings.router or "lora") == "lora":
+        typer.echo("error: no router: give --router NAME (knn, cluster, cheapest, strongest; no GPU) or --adapter DIR "
+                   "(or 'router:'/'adapter:' in the config)", err=True)
         raise typer.Exit(2)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(
@@ -548,6 +562,89 @@ def serve_cmd(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+# ---- calibration of tau (calibrate.py) ---------------------------------------------------------------------------
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Held-out questions' cache (every model graded): exact replay."),
+    from_log: Optional[Path] = typer.Option(None, "--from-log", help="The server's decision log (serve --decision-log): real traffic."),
+    decisions: Optional[Path] = typer.Option(
+        None, "--decisions", help="An evaluation's decisions.jsonl (with --cache: the cache it ran on): no router pass."
+    ),
+    router: Optional[str] = typer.Option(None, "--router", help="With --cache: knn, cluster, lora:DIR or a router folder (default: lora with --adapter)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="With --cache: the LoRA adapter folder."),
+    train_cache: Optional[Path] = typer.Option(None, "--train-cache", help="With --cache: the router's training cache."),
+    pool: Path = typer.Option(Path("configs/pool.yaml"), "--pool", help="Pool YAML."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models to offer (default: the whole pool)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Router device (default: cuda when available)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="LoRA router: decisions per forward pass."),
+    cost_per_1k: Optional[float] = typer.Option(None, "--cost-per-1k", min=0.0, help="Target: at most this many USD per 1,000 questions."),
+    max_share: Optional[list[str]] = typer.Option(None, "--max-share", help="Target: MODEL=FRACTION, at most this share of calls (repeatable)."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", min=0.0, max=1.0, help="Target: at least this accuracy (needs --cache)."),
+    write_config: Optional[Path] = typer.Option(None, "--write-config", help="Write the chosen tau into this serve config (atomic)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+) -> None:
+    """Choose tau for a target (a budget, a cap on a model's share, an accuracy floor), searched exactly over the
+    taus where the router's decisions change."""
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .calibrate import (
+        CalibrationError,
+        Target,
+        calibrate_rows,
+        parse_shares,
+        rows_from_cache,
+        rows_from_decisions_file,
+        rows_from_log,
+        write_tau,
+    )
+    from .pool import PoolError
+
+    say = lambda m: typer.echo(m, err=True)  # noqa: E731
+    try:
+        target = Target(cost_per_1k, parse_shares(max_share), min_accuracy)
+        if sum(x is not None for x in (from_log, cache)) != 1:
+            raise CalibrationError("give --cache HELDOUT_CACHE (replay) or --from-log DECISION_LOG (real traffic)")
+        if from_log is not None:
+            if target.min_accuracy is not None:
+                raise CalibrationError("--min-accuracy is not available from a decision log (it holds no grades); "
+                                       "calibrate on a graded cache (--cache) instead")
+            rows, skipped = rows_from_log(from_log)
+            skipped = {k: v for k, v in skipped.items() if v}
+            if skipped:
+                say(f"skipped log lines: {skipped}")
+            source = f"decision log {from_log}"
+        elif decisions is not None:
+            rows, source = rows_from_decisions_file(decisions, cache), f"decisions {decisions} on {cache}"
+        else:
+            spec = {"router": router or "lora", "adapter": adapter, "train_cache": str(train_cache) if train_cache else None,
+                    "pool": str(pool), "device": device}
+            if batch_size:
+                spec["batch_size"] = batch_size
+            rows, source = rows_from_cache(cache, {k: v for k, v in spec.items() if v is not None},
+                                           models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+                                           log=say)
+        result = calibrate_rows(rows, target, source)
+    except (CalibrationError, PoolError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.format())
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    if write_config:
+        try:
+            path = write_tau(write_config, result.tau, f"{target.describe()} on {result.n} questions ({source})")
+        except CalibrationError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"wrote tau = {result.tau:.6g} into {path}")
 
 
 # ---- the whole pipeline (pipeline.py) ----------------------------------------------------------------------------

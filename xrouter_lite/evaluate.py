@@ -9,6 +9,8 @@ Usage::
 
     xrouter-lite eval --adapter runs/lora --test-cache runs/pairs/test_cache.jsonl \\
         --train-cache runs/cache/offline_cache.jsonl --pool configs/pool_routerbench.yaml --out runs/eval
+    xrouter-lite eval --router knn --train-cache ... --test-cache ...     # any router of Router.load: knn,
+                                                                          # cluster, cheapest, strongest, lora:DIR
 
 or ``python scripts/evaluate_lora.py ...`` (same options), or ``evaluate(EvalConfig(...))`` from Python.
 
@@ -18,9 +20,13 @@ candidate's base score and normalised cost, latency, outcome), from which every 
 (``rederive_from_decisions``). The tau sweep costs no extra model pass: the router scores each prompt once and
 ``ScoredDecision.with_tau`` re-decides for every tau.
 
-The cost ``c`` in ``argmax(score - tau * c)`` is the mean recorded cost per query of each model on the TRAINING
-cache (``cost_source: train``), or the pool-price estimate (``cost_source: pool``), divided by the most expensive
-offered model (see ``router.normalised_costs``).
+The router under test is built by the one factory (``routing.load_router``, as the server and Python build it).
+The cost ``c`` in ``argmax(score - tau * c)`` is the router's cost vector (``routing.CostVector``): the one saved
+with the router (``router.json``) when it has one, else the mean recorded cost per query of each model on the
+TRAINING cache (``cost_source: train``; pool prices for models the cache lacks), or pool prices for every model
+(``cost_source: pool``), divided by the most expensive offered model (``routing.normalised_costs``). Evaluating a
+LoRA adapter that has no ``router.json`` yet writes one into its folder with the vector used, so that serving
+it multiplies tau by the same costs.
 """
 
 from __future__ import annotations
@@ -42,10 +48,8 @@ from .config import load_config as _load_config
 from .pool import ModelSpec, Pool, load_pool
 from .records import ReadReport, iter_records
 from .router import (
-    BaseRouter,
     BestSingleRouter,
     Decision,
-    KNNRouter,
     LabeledPrompt,
     OracleRouter,
     Outcome,
@@ -53,8 +57,8 @@ from .router import (
     RouteItem,
     ScoredDecision,
     SingleModelRouter,
-    route_items,
 )
+from .routing import Router, cost_vector, load_router, read_router_file, write_router_file
 
 DEFAULT_TAUS = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0]
 ALL_BASELINES = ("single", "random", "oracle", "best_single", "knn")
@@ -69,6 +73,9 @@ class EvalConfig(BaseModel):
     train_cache: str | None = Field(None, description="training cache: best-single, kNN and the cost vector")
     pool: str = "configs/pool_routerbench.yaml"
     out_dir: str = "runs/eval"
+    router: str | None = Field(
+        None, description="router under test: knn, cluster, cheapest, strongest, random, lora:DIR or a router folder "
+        "(default: lora when adapter is set; neither: the baselines only)")
     adapter: str | None = Field(None, description="LoRA adapter folder; None evaluates the baselines only")
     extra_adapters: dict[str, str] = Field(
         default_factory=dict, description="label -> adapter folder (e.g. other lambdas): one more curve each"
@@ -87,6 +94,7 @@ class EvalConfig(BaseModel):
         "drop", description="test prompts found in train_cache: drop them from training (default) or stop"
     )
     knn_k: int = 10
+    n_clusters: int | None = Field(None, description="router 'cluster': k-means clusters (default sqrt(N/2))")
     knn_max_seq_length: int | None = Field(None, description="truncate kNN embeddings' input (default: the model's 256)")
     cost_source: Literal["train", "pool"] = "train"
     batch_size: int = 8
@@ -293,7 +301,7 @@ def _offered(p: LabeledPrompt, pool: Pool, subset: Sequence[str] | None) -> list
 
 
 def run_router(
-    router: BaseRouter,
+    router: Router,
     prompts: Sequence[LabeledPrompt],
     offered: Sequence[Sequence[ModelSpec]],
     tau: float | None = None,
@@ -304,7 +312,7 @@ def run_router(
     out: list[Decision] = []
     for s in range(0, len(prompts), chunk):
         items = [RouteItem(p.prompt, p.prompt_id, p.dataset) for p in prompts[s : s + chunk]]
-        ds = route_items(router, items, offered[s : s + chunk], tau)
+        ds = router.route_items(items, offered[s : s + chunk], tau)
         if on_chunk is not None:
             on_chunk(s, ds)
         out.extend(ds)
@@ -391,6 +399,24 @@ def curve_metrics(points: Sequence[dict[str, Any]], ref: dict[str, Any]) -> dict
     return out
 
 
+def _router_specs(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """label -> factory spec of every router under test: ``router`` (``cfg.router``, or the adapter) and one per
+    extra adapter."""
+    out: dict[str, dict[str, Any]] = {}
+    if cfg.router is not None:
+        if cfg.adapter and cfg.router not in ("lora",):
+            raise ValueError(f"give either router ({cfg.router!r}) or adapter ({cfg.adapter!r}), not both")
+        out["router"] = {"router": cfg.router, "adapter": cfg.adapter} if cfg.adapter else {"router": cfg.router}
+    elif cfg.adapter:
+        out["router"] = {"router": "lora", "adapter": cfg.adapter}
+    for label, ad in cfg.extra_adapters.items():
+        out[label] = {"router": "lora", "adapter": ad}
+    for spec in out.values():
+        if spec["router"] == "lora" and not spec.get("adapter"):
+            raise ValueError("router 'lora' needs adapter (--adapter DIR)")
+    return out
+
+
 def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
     """Run the evaluation described by ``cfg``; write the report files; return report.json's content."""
     t_start = time.perf_counter()
@@ -430,7 +456,9 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             train = [p for p in train if p.prompt_id not in overlap]
             log(f"{len(overlap)} test prompt(s) found in the training cache were left out of training")
         train_stats.overlap_dropped = len(overlap)
-    cost_vec = mean_cost_per_query(train) if (cfg.cost_source == "train" and train) else None
+    costs = cost_vector(train if cfg.cost_source == "train" else None, pool,
+                        origin=f"training cache {cfg.train_cache}" if (cfg.cost_source == "train" and train) else "pool prices")
+    cost_vec = costs.usd
     # a cost-ordered cache (xrouter_lite.traversal) skips dearer models: the baselines that learn from every model's
     # label (best-single, kNN) use only its complete rows, the explored questions; the cost vector uses every row
     from .traversal import complete_rows
@@ -441,31 +469,43 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             f"(a cost-ordered cache); best_single and kNN use the {len(train_full)} complete (explored) questions only")
     offered = [_offered(p, pool, models) for p in test]
     log(f"evaluating on {len(test)} prompts ({', '.join(sorted({p.dataset for p in test}))}); "
-        f"{len(train)} training prompts; cost vector: {'training cache' if cost_vec else 'pool prices'}")
+        f"{len(train)} training prompts; cost vector: {costs.origin}")
 
-    common = {"cost_per_query": cost_vec, "default_model": cfg.default_model}
     report: dict[str, Any] = {"router": None, "baselines": {}, "curves": {}, "config": cfg.model_dump()}
 
-    # ---- the trained router(s)
-    adapters: dict[str, str] = {}
-    if cfg.adapter:
-        adapters["router"] = cfg.adapter
-    adapters.update(cfg.extra_adapters)
+    # ---- the router(s) under test, built by the one factory
+    specs = _router_specs(cfg)
+    adapters: dict[str, str | None] = {}
     router_decisions: dict[str, list[Decision]] = {}
+    router_objs: dict[str, Router] = {}
+    takes_tau: dict[str, bool] = {}
+    cost_origin: dict[str, str] = {}
     dec_path = out_dir / "decisions.jsonl"
     if dec_path.exists():
         dec_path.unlink()
-    for label, adapter in adapters.items():
-        from .router import LoRARouter
-
-        log(f"[{label}] loading {adapter} ({cfg.mode} mode)")
-        r = LoRARouter(
-            cfg.base_model, adapter, mode=cfg.mode, default_model=cfg.default_model, device=cfg.device,
-            quantize=cfg.quantize, max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size,
-            tau=cfg.tau, cost_per_query=cost_vec,
+    for label, spec in specs.items():
+        log(f"[{label}] loading {spec['router']}" + (f" ({cfg.mode} mode)" if spec["router"] == "lora" else ""))
+        r = load_router(
+            {**spec, "pool": pool, "train_cache": cfg.train_cache, "base_model": cfg.base_model, "mode": cfg.mode,
+             "device": cfg.device, "quantize": cfg.quantize, "batch_size": cfg.batch_size,
+             "max_prompt_tokens": cfg.max_prompt_tokens, "tau": cfg.tau, "default_model": cfg.default_model,
+             "cost_source": "pool" if cfg.cost_source == "pool" else "saved", "k": cfg.knn_k,
+             "knn_max_seq_length": cfg.knn_max_seq_length, "n_clusters": cfg.n_clusters, "seed": cfg.seed},
+            train=train, log=lambda m, label=label: log(f"[{label}] {m}"),
         )
-        four_bit = any(type(m).__name__ == "Linear4bit" for m in r.model.modules())
-        log(f"[{label}] base weights {'4-bit NF4' if four_bit else 'unquantised'} on {r.device} (quantize={cfg.quantize})")
+        adapters[label] = getattr(r, "adapter_dir", None)
+        router_objs[label] = r
+        takes_tau[label] = r.takes_tau
+        cost_origin[label] = r.cost_info.origin if r.cost_info else ""
+        if (getattr(r, "adapter_dir", None) and cfg.cost_source == "train" and train
+                and read_router_file(r.adapter_dir) is None):
+            path = write_router_file(r.adapter_dir, r.spec or {"router": "lora"}, r.cost_info)
+            log(f"[{label}] saved its cost vector with the adapter: {path} (serving reads it: the same tau)")
+        if label == "router" and r.cost_info is not None and r.cost_info.origin.startswith("saved"):
+            cost_vec = r.cost_per_query  # the baselines weigh cost as the router under test does
+        if hasattr(r, "model") and hasattr(r.model, "modules"):
+            four_bit = any(type(m).__name__ == "Linear4bit" for m in r.model.modules())
+            log(f"[{label}] base weights {'4-bit NF4' if four_bit else 'unquantised'} on {r.device} (quantize={cfg.quantize})")
         f = dec_path.open("a", encoding="utf-8") if label == "router" else None
 
         def write_chunk(start: int, ds: list[Decision], f=f, label=label) -> None:
@@ -475,7 +515,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
                 o = p.outcomes[d.model_id]
                 f.write(json.dumps({
                     "prompt_id": p.prompt_id, "dataset": p.dataset, "offered": [s.id for s in off],
-                    "chosen": d.model_id, "tau": cfg.tau, "valid": d.valid, "invalid_reason": d.invalid_reason,
+                    "router": r.name, "chosen": d.model_id, "tau": cfg.tau, "valid": d.valid,
+                    "invalid_reason": d.invalid_reason,
                     "base_scores": getattr(d, "base_scores", d.scores), "costs": getattr(d, "costs", {}),
                     "scores": d.scores, "latency_s": d.latency_s, "is_correct": o.correct, "cost": o.cost,
                     "raw": d.raw if cfg.mode == "generate" else None,
@@ -489,6 +530,8 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             if f is not None:
                 f.close()
         del r
+        if router_objs[label].name == "lora":
+            router_objs[label] = None  # type: ignore[assignment]  (frees the model; its flags are read below)
         try:
             import torch
 
@@ -498,6 +541,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             pass
 
     # ---- baselines (always offline)
+    common = {"cost_per_query": cost_vec, "default_model": cfg.default_model}
     wanted = set(cfg.baselines)
     bad = wanted - set(ALL_BASELINES)
     if bad:
@@ -531,9 +575,14 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         if not train_full:
             log("knn skipped: no train_cache (or no complete row in it)")
         else:
-            log(f"kNN baseline: embedding {len(train_full)} training prompts")
-            knn = KNNRouter(train_full, k=cfg.knn_k, max_seq_length=cfg.knn_max_seq_length, **common)
-            ds = run_router(knn, test, offered, 0.0)
+            r0 = router_objs.get("router")
+            if r0 is not None and r0.name == "knn" and r0.cost_per_query == cost_vec:
+                ds = [d.with_tau(0.0) for d in router_decisions["router"]]  # the router under test is this baseline
+            else:
+                log(f"kNN baseline: embedding {len(train_full)} training prompts")
+                knn = load_router("knn", pool=pool, train=train_full, k=cfg.knn_k, knn_max_seq_length=cfg.knn_max_seq_length,
+                                  cost_per_query=cost_vec, default_model=cfg.default_model)
+                ds = run_router(knn, test, offered, 0.0)
             s = summarise(test, [d.with_tau(cfg.tau).model_id for d in ds], decisions=ds)  # type: ignore[union-attr]
             s["tau"] = cfg.tau
             report["baselines"]["knn"] = s
@@ -552,8 +601,10 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
                 for p, m, o, e in zip(test, chosen, outcomes, extra):
                     f.write(json.dumps({"prompt_id": p.prompt_id, "model": m, "is_correct": o.correct, "cost": o.cost, **e}) + "\n")
         s = summarise(test, chosen, decisions=ds, outcomes=outcomes)
-        s.update({"name": label, "adapter": adapters[label], "mode": cfg.mode, "tau": cfg.tau, "batch_size": cfg.batch_size,
-                  "online": bool(cfg.online and label == "router")})
+        s.update({"name": label, "router": specs[label]["router"], "adapter": adapters[label],
+                  "mode": cfg.mode if specs[label]["router"] == "lora" else "score", "takes_tau": takes_tau[label],
+                  "tau": cfg.tau, "batch_size": cfg.batch_size, "online": bool(cfg.online and label == "router"),
+                  "cost_vector": cost_origin[label]})
         if label == "router":
             report["router"] = s
         else:
@@ -574,7 +625,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         curves: dict[str, Any] = {"reference": ref, "points": {}, "metrics": {}}
         curves["metrics"]["single_models_hull"] = {"aiq": metrics.aiq(single_pts.values(), ref["c_min"], ref["c_max"])}
         for label, ds in router_decisions.items():
-            if cfg.mode == "score":
+            if takes_tau[label]:
                 curves["points"][label] = sweep(ds, test, cfg.taus)
             else:
                 s = summarise(test, [d.model_id for d in ds])

@@ -1,214 +1,46 @@
 """Routing decisions: one class per routing method, one small interface (in the style of RouteLLM's routers/).
 
-Every router answers ``route(query, offered, tau=None) -> Decision``; ``route_batch`` does many at once.
+The interface, the decision rule, the cost vector and the factory live in ``routing`` (``Router``,
+``Router.load``); this module holds the routers: the baselines, kNN and the trained LoRA router.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from .pool import ModelSpec
-
-
-@dataclass
-class Decision:
-    """One routing decision.
-
-    model_id: the chosen model. scores: every offered model's score (higher is better; log-probabilities for the
-    LoRA router). latency_s: time the decision took. valid: False when the router's own answer was unusable and
-    ``model_id`` is the configured default (``invalid_reason`` says why). raw: the generated text, if any.
-    """
-
-    model_id: str
-    scores: dict[str, float] = field(default_factory=dict)
-    latency_s: float = 0.0
-    valid: bool = True
-    invalid_reason: str | None = None
-    raw: str | None = None
-
-    def ranked(self) -> list[str]:
-        """Offered models by descending score, the chosen one first (the fallback order when serving)."""
-        rest = sorted((m for m in self.scores if m != self.model_id), key=lambda m: -self.scores[m])
-        return [self.model_id, *rest]
-
-
-class BaseRouter:
-    """The interface. ``name`` appears in reports."""
-
-    name: str = "router"
-
-    def route(
-        self, query: str | Sequence[dict[str, Any]], offered: Sequence[ModelSpec], tau: float | None = None
-    ) -> Decision:
-        raise NotImplementedError
-
-    def route_batch(
-        self,
-        queries: Sequence[str | Sequence[dict[str, Any]]],
-        offered: Sequence[Sequence[ModelSpec]],
-        tau: float | None = None,
-    ) -> list[Decision]:
-        return [self.route(q, o, tau) for q, o in zip(queries, offered, strict=True)]
-
-
-# =====================================================================================================================
-# Stage 5: the trained router and the baselines. Everything below extends the interface above; nothing above changes.
-# =====================================================================================================================
 
 import json
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .pool import ModelSpec
 from .prompting import (
     DEFAULT_MAX_PROMPT_TOKENS,
     ActionParseError,
     PromptTooLongError,
     build_router_prompt,
-    conversation_to_query,
     encode_action,
     encode_prompt,
     parse_action,
 )
+from .routing import (  # noqa: F401  (re-exported: the names this module always had)
+    DEFAULT_EXPECTED_OUTPUT_TOKENS,
+    Decision,
+    RouteItem,
+    Router,
+    ScoredDecision,
+    decide,
+    estimated_query_cost,
+    normalised_costs,
+    query_text,
+)
 
-DEFAULT_EXPECTED_OUTPUT_TOKENS = 300
-
-
-@dataclass
-class ScoredDecision(Decision):
-    """A Decision that keeps what it was made from, so another cost knob can re-decide it without the model.
-
-    base_scores: each offered model's score before cost (log-probability of its action for the LoRA router,
-    predicted probability of a correct answer for kNN, training accuracy for best-single).
-    costs: each offered model's normalised cost (see ``normalised_costs``). tau: the knob used.
-    ``scores`` (inherited) holds ``base_scores[m] - tau * costs[m]``, so ``ranked()`` follows the decision rule.
-    """
-
-    base_scores: dict[str, float] = field(default_factory=dict)
-    costs: dict[str, float] = field(default_factory=dict)
-    tau: float = 0.0
-
-    def with_tau(self, tau: float) -> ScoredDecision:
-        """The decision this router makes for the same query under another ``tau`` (no model call)."""
-        if not self.valid:  # a fallback stays a fallback
-            return ScoredDecision(**{**self.__dict__, "tau": tau})
-        model, scores = decide(self.base_scores, self.costs, tau)
-        return ScoredDecision(
-            model_id=model, scores=scores, latency_s=self.latency_s, valid=True, raw=self.raw,
-            base_scores=self.base_scores, costs=self.costs, tau=tau,
-        )
-
-
-def decide(base_scores: Mapping[str, float], costs: Mapping[str, float], tau: float) -> tuple[str, dict[str, float]]:
-    """The cost-aware decision rule: ``argmax_m base_scores[m] - tau * costs[m]``.
-
-    Ties go to the cheaper model, then to the earlier one in ``base_scores``' order. Returns the choice and the
-    adjusted score of every model."""
-    if not base_scores:
-        raise ValueError("no candidate to decide between")
-    tau = float(tau or 0.0)
-    adj = {m: float(s) - tau * float(costs.get(m, 0.0)) for m, s in base_scores.items()}
-    order = {m: i for i, m in enumerate(base_scores)}
-    best = max(adj, key=lambda m: (adj[m], -float(costs.get(m, 0.0)), -order[m]))
-    return best, adj
-
-
-def query_text(query: str | Sequence[dict[str, Any]]) -> str:
-    return query if isinstance(query, str) else conversation_to_query(query)
-
-
-def estimated_query_cost(spec: ModelSpec, query: str, expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS) -> float:
-    """USD for answering ``query`` with ``spec``, from the pool's prices: input tokens estimated as
-    ``len(query) / 4`` (at least 1), output tokens ``expected_output_tokens``."""
-    return spec.cost(max(1, len(query) // 4), expected_output_tokens)
-
-
-def normalised_costs(
-    query: str | Sequence[dict[str, Any]],
-    offered: Sequence[ModelSpec],
-    cost_per_query: Mapping[str, float] | None = None,
-    expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
-) -> dict[str, float]:
-    """The cost ``c`` used by every cost knob ``tau`` in this module, in [0, 1].
-
-    Each offered model's expected cost of this query, divided by the largest among the offered models (so the
-    most expensive offered model has c = 1 and ``tau`` has the same scale whatever the currency or the pool).
-    The expected cost is ``cost_per_query[m]`` when given (the evaluation uses the mean recorded cost per query
-    on the training cache), else the pool-price estimate ``estimated_query_cost``."""
-    text = query_text(query)
-    raw = {}
-    for s in offered:
-        if cost_per_query is not None and s.id in cost_per_query:
-            raw[s.id] = float(cost_per_query[s.id])
-        else:
-            raw[s.id] = estimated_query_cost(s, text, expected_output_tokens)
-    top = max(raw.values()) if raw else 0.0
-    return {m: (c / top if top > 0 else 0.0) for m, c in raw.items()}
-
-
-@dataclass
-class RouteItem:
-    """A query plus what an evaluation knows about it (the oracle and best-single baselines need the id and
-    the dataset; the other routers read only ``query``)."""
-
-    query: str | Sequence[dict[str, Any]]
-    prompt_id: str | None = None
-    dataset: str | None = None
-
-
-class CostAwareRouter(BaseRouter):
-    """Shared plumbing of the routers below: the cost vector, the default model, ``route_items``."""
-
-    def __init__(
-        self,
-        *,
-        tau: float = 0.0,
-        cost_per_query: Mapping[str, float] | None = None,
-        expected_output_tokens: int = DEFAULT_EXPECTED_OUTPUT_TOKENS,
-        default_model: str | None = None,
-    ):
-        self.tau = float(tau)
-        self.cost_per_query = dict(cost_per_query) if cost_per_query else None
-        self.expected_output_tokens = expected_output_tokens
-        self.default_model = default_model
-        self.invalid_count = 0
-
-    def costs_for(self, query, offered: Sequence[ModelSpec]) -> dict[str, float]:
-        return normalised_costs(query, offered, self.cost_per_query, self.expected_output_tokens)
-
-    def fallback_model(self, offered: Sequence[ModelSpec], costs: Mapping[str, float]) -> str:
-        """The configured default model when it is offered, else the cheapest offered model."""
-        ids = [s.id for s in offered]
-        if self.default_model in ids:
-            return self.default_model
-        return min(ids, key=lambda m: (costs.get(m, 0.0), ids.index(m)))
-
-    def _tau(self, tau: float | None) -> float:
-        return self.tau if tau is None else float(tau)
-
-    def route(self, query, offered, tau=None) -> Decision:
-        return self.route_items([RouteItem(query)], [offered], tau)[0]
-
-    def route_batch(self, queries, offered, tau=None) -> list[Decision]:
-        if len(queries) != len(offered):
-            raise ValueError(f"{len(queries)} queries but {len(offered)} offered lists")
-        return self.route_items([RouteItem(q) for q in queries], offered, tau)
-
-    def route_items(
-        self, items: Sequence[RouteItem], offered: Sequence[Sequence[ModelSpec]], tau: float | None = None
-    ) -> list[Decision]:
-        raise NotImplementedError
-
-
-def route_items(router: BaseRouter, items: Sequence[RouteItem], offered, tau=None) -> list[Decision]:
-    """Route items with any router: ``route_items`` when it has one, else ``route_batch`` on the queries."""
-    if hasattr(router, "route_items"):
-        return router.route_items(items, offered, tau)
-    return router.route_batch([it.query for it in items], offered, tau)
+# The one interface under its earlier names (``BaseRouter.route/route_batch`` and ``CostAwareRouter.route_items``
+# were two forms of it; now both are ``Router``).
+BaseRouter = Router
+CostAwareRouter = Router
 
 
 # ---- baselines ------------------------------------------------------------------------------------------------------
@@ -216,6 +48,9 @@ def route_items(router: BaseRouter, items: Sequence[RouteItem], offered, tau=Non
 
 class SingleModelRouter(CostAwareRouter):
     """Always the same model (when it is not offered: the fallback model, counted invalid)."""
+
+    takes_tau = False
+    inline_ok = True
 
     def __init__(self, model_id: str, **kw):
         super().__init__(**kw)
@@ -239,6 +74,8 @@ class RandomRouter(CostAwareRouter):
     """Uniformly at random among the offered models, seeded (RouterBench's random baseline)."""
 
     name = "random"
+    takes_tau = False
+    inline_ok = True
 
     def __init__(self, seed: int = 0, **kw):
         super().__init__(**kw)
@@ -267,6 +104,7 @@ class OracleRouter(CostAwareRouter):
     Needs the outcomes, so it routes only items with a known ``prompt_id`` (an upper bound, not a router)."""
 
     name = "oracle"
+    takes_tau = False
 
     def __init__(self, outcomes: Mapping[str, Mapping[str, Outcome]], **kw):
         super().__init__(**kw)
@@ -322,6 +160,9 @@ class BestSingleRouter(CostAwareRouter):
                     st[1] += 1
         if n == 0:
             raise ValueError("BestSingleRouter needs training prompts; got none")
+
+    def known_models(self) -> list[str]:
+        return list(self.pooled)
 
     def accuracies(self, dataset: str | None) -> dict[str, float]:
         table = self.by_dataset.get(dataset, self.pooled) if dataset is not None else self.pooled
@@ -393,6 +234,9 @@ class KNNRouter(CostAwareRouter):
         self.y = y
         self.prior = {m: float(np.nanmean(y[:, idx[m]])) for m in self.models}
         self.emb = self._embed(prompts)
+
+    def known_models(self) -> list[str]:
+        return list(self.models)
 
     def _embed(self, texts: Sequence[str]):
         return self.encoder.encode(

@@ -175,10 +175,10 @@ class RouterServer:
         if not math.isfinite(tau):
             raise ApiError(400, f"model {name!r}: the cost knob after 'router-' must be a finite number, "
                            f"e.g. 'router-0.5'", param="model", code="invalid_model")
-        if getattr(self.router, "mode", "score") == "generate":
-            raise ApiError(400, f"model {name!r}: this server's router decodes its answer (mode 'generate'), "
-                           "which has no cost knob; use model 'router' (or serve with router_mode 'score')",
-                           param="model", code="invalid_model")
+        if not getattr(self.router, "takes_tau", True):
+            raise ApiError(400, f"model {name!r}: this server's router ({getattr(self.router, 'name', '?')}"
+                           f"{', mode generate' if getattr(self.router, 'mode', '') == 'generate' else ''}) "
+                           "has no cost knob; use model 'router'", param="model", code="invalid_model")
         return tau
 
     def offered_for(self, req: ChatRequest) -> list[ModelSpec]:
@@ -653,20 +653,19 @@ async def _stream_response(srv: RouterServer, plan: Plan, messages, params, t0: 
 
 
 def load_router(settings: ServeSettings, pool: Pool) -> BaseRouter:
-    """The router the server uses, built once from the settings: today the trained LoRA router
-    (``router.LoRARouter``) from ``settings.adapter``. The one place the server builds a router."""
-    if settings.adapter is None:
-        raise ValueError("no --adapter given: the server needs a trained router adapter folder")
-    if not Path(settings.adapter).is_dir():
-        raise ValueError(f"adapter folder not found: {settings.adapter}")
-    if not (Path(settings.adapter) / "adapter_config.json").exists():
-        raise ValueError(f"{settings.adapter}: no adapter_config.json (not a LoRA adapter folder)")
-    from ..router import LoRARouter
+    """The router of ``settings`` (``settings.router``, else the LoRA adapter), built by the one factory
+    (``routing.load_router``) with its saved cost vector, as evaluation builds it. The one place the server builds a
+    router."""
+    from ..routing import load_router as build
 
-    return LoRARouter(
-        base_model=settings.base_model, adapter_dir=settings.adapter, mode=settings.router_mode,
-        default_model=settings.default_model, device=settings.device, quantize=settings.quantize,
-        batch_size=settings.max_router_batch, tau=settings.tau or 0.0,
+    name = settings.router or "lora"
+    if name == "lora" and settings.adapter is None:
+        raise ValueError("no router: give --router NAME (knn, cluster, cheapest, strongest) or --adapter DIR")
+    return build(
+        name, pool=pool, adapter=settings.adapter, train_cache=settings.train_cache, base_model=settings.base_model,
+        mode=settings.router_mode, default_model=settings.default_model, device=settings.device,
+        quantize=settings.quantize, batch_size=settings.max_router_batch, tau=settings.tau or 0.0,
+        log=log.info,
     )
 
 
@@ -700,7 +699,7 @@ def run_server(settings: ServeSettings, router: BaseRouter | None = None) -> Non
     try:
         if router is None:
             t0 = time.perf_counter()
-            log.info("loading the router from %s ...", settings.adapter)
+            log.info("loading the router %s ...", settings.router or settings.adapter)
             router = load_router(settings, pool)
             log.info("router %s loaded in %.1f s", getattr(router, "name", "?"), time.perf_counter() - t0)
         app = create_app(pool=pool, settings=settings, router=router)

@@ -67,3 +67,34 @@ class DecisionLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def read_decision_log(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The usable lines of a decision log (routed, with scores and costs) and counts of the skipped ones. A torn
+    last line (a server killed mid-write) is skipped and counted; any other malformed line is an error naming
+    the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"decision log not found: {path}")
+    rows, skipped = [], {"router_failed": 0, "no_scores": 0, "torn_last_line": 0}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            if i == len(lines):
+                skipped["torn_last_line"] += 1
+                continue
+            raise ValueError(f"{path}:{i}: not a JSON line") from None
+        if not isinstance(d, dict) or not isinstance(d.get("offered"), list):
+            raise ValueError(f"{path}:{i}: not a decision log line (no 'offered' list)")
+        if d.get("chosen") is None:
+            skipped["router_failed"] += 1
+            continue
+        if not d.get("scores") or not d.get("costs"):
+            skipped["no_scores"] += 1
+            continue
+        rows.append(d)
+    return rows, skipped

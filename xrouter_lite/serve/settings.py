@@ -14,6 +14,10 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    router: str | None = Field(
+        None, description="Router: knn, cluster, cheapest, strongest, random, lora, lora:DIR or a router folder "
+        "(default: lora with 'adapter')")
+    train_cache: Path | None = Field(None, description="Training cache of knn/cluster/strongest (and the cost vector)")
     adapter: Path | None = Field(None, description="LoRA adapter folder of the trained router")
     base_model: str | None = Field(None, description="Base model of the adapter (default: the adapter's own record)")
     router_mode: Literal["score", "generate"] = Field(

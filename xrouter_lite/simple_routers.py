@@ -1,0 +1,173 @@
+"""Routers that need no GPU training: ``cheapest``, ``strongest`` and the per-cluster rule ``cluster``.
+
+(``knn`` lives in ``router``.) All are ``routing.Router``s, built with ``Router.load("cluster", train_cache=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .pool import Pool
+from .routing import Decision, Router, ScoredDecision, decide, query_text
+
+
+class CheapestRouter(Router):
+    """Always the offered model with the lowest expected cost (the cost vector); scores are ``-cost``."""
+
+    name = "cheapest"
+    takes_tau = False
+    inline_ok = True
+
+    def route_items(self, items, offered, tau=None):
+        out = []
+        for it, off in zip(items, offered, strict=True):
+            costs = self.costs_for(it.query, off)
+            ids = [s.id for s in off]
+            pick = min(ids, key=lambda m: (costs[m], ids.index(m)))
+            out.append(Decision(pick, {m: -costs[m] for m in ids}, costs=costs))
+        return out
+
+
+class StrongestRouter(Router):
+    """Always the offered model with the best accuracy on the training cache (ties: the cheaper one). Without
+    training data, the dearest model by pool price (price as the proxy of strength). Scores: those accuracies."""
+
+    name = "strongest"
+    takes_tau = False
+    inline_ok = True
+
+    def __init__(self, train: Iterable | None = None, pool: Pool | None = None, **kw):
+        super().__init__(pool=pool, **kw)
+        stats: dict[str, list[int]] = {}
+        for p in train or ():
+            for m, o in p.outcomes.items():
+                st = stats.setdefault(m, [0, 0])
+                st[0] += int(o.correct)
+                st[1] += 1
+        self.accuracy = {m: c / n for m, (c, n) in stats.items() if n}
+        if not self.accuracy and pool is not None:
+            top = max((s.input_price + s.output_price for s in pool), default=0.0) or 1.0
+            self.strength = {s.id: (s.input_price + s.output_price) / top for s in pool}
+        else:
+            self.strength = dict(self.accuracy)
+
+    def known_models(self):
+        return list(self.accuracy) or None
+
+    def route_items(self, items, offered, tau=None):
+        out = []
+        for it, off in zip(items, offered, strict=True):
+            costs = self.costs_for(it.query, off)
+            ids = [s.id for s in off]
+            scores = {m: self.strength.get(m, 0.0) for m in ids}
+            pick = max(ids, key=lambda m: (scores[m], -costs[m], -ids.index(m)))
+            out.append(Decision(pick, scores, costs=costs))
+        return out
+
+
+def load_encoder(device: str | None = None, max_seq_length: int | None = None, path: str | Path | None = None):
+    """all-MiniLM-L6-v2 (the bundled copy) as a SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+
+    from .assets import minilm_path
+
+    enc = SentenceTransformer(str(path or minilm_path()), device=device or "cpu")
+    if max_seq_length:
+        enc.max_seq_length = max_seq_length
+    return enc
+
+
+class ClusterRouter(Router):
+    """The per-task rule without task labels: k-means clusters of the training questions' embeddings
+    (all-MiniLM-L6-v2, normalised), and per cluster each model's accuracy on the cluster's questions.
+
+    A query goes to its nearest cluster; model m's score is its accuracy there, shrunk towards m's overall
+    training accuracy by ``prior_weight`` pseudo-questions (``(right + w * overall) / (n + w)``: small clusters
+    lean on the overall figure); the choice is ``argmax(acc - tau * c)``, i.e. each cluster's best trade-off model
+    at that tau. ``n_clusters`` default: ``round(sqrt(N / 2))`` for N training questions, between 2 and 64."""
+
+    name = "cluster"
+
+    def __init__(
+        self,
+        train: Iterable,
+        n_clusters: int | None = None,
+        seed: int = 0,
+        prior_weight: float = 1.0,
+        device: str | None = None,
+        max_seq_length: int | None = None,
+        embed_batch_size: int = 64,
+        **kw,
+    ):
+        import numpy as np
+        from sklearn.cluster import KMeans
+
+        super().__init__(**kw)
+        train = list(train)
+        if not train:
+            raise ValueError("ClusterRouter needs training prompts; got none")
+        self.encoder = load_encoder(device, max_seq_length)
+        self.embed_batch_size = embed_batch_size
+        emb = self._embed([p.prompt for p in train])
+        n = len(train)
+        k = n_clusters or max(2, min(64, round(math.sqrt(n / 2))))
+        self.n_clusters = k = max(1, min(k, n))
+        km = KMeans(n_clusters=k, random_state=seed, n_init=4).fit(emb)
+        self.centroids = km.cluster_centers_.astype(np.float32)
+        labels = km.labels_
+        self.models = sorted({m for p in train for m in p.outcomes})
+        overall: dict[str, list[int]] = {}
+        per: list[dict[str, list[int]]] = [{} for _ in range(k)]
+        for p, c in zip(train, labels):
+            for m, o in p.outcomes.items():
+                for table in (overall, per[c]):
+                    st = table.setdefault(m, [0, 0])
+                    st[0] += int(o.correct)
+                    st[1] += 1
+        self.overall = {m: r / t for m, (r, t) in overall.items() if t}
+        self.sizes = [int((labels == c).sum()) for c in range(k)]
+        self.accuracy: list[dict[str, float]] = []
+        for c in range(k):
+            row = {}
+            for m in self.models:
+                r, t = per[c].get(m, (0, 0))
+                row[m] = (r + prior_weight * self.overall.get(m, 0.0)) / (t + prior_weight)
+            self.accuracy.append(row)
+
+    def known_models(self):
+        return list(self.models)
+
+    def _embed(self, texts: Sequence[str]):
+        return self.encoder.encode(list(texts), batch_size=self.embed_batch_size, normalize_embeddings=True,
+                                   convert_to_numpy=True, show_progress_bar=False)
+
+    def clusters_of(self, queries: Sequence[str]) -> list[int]:
+        import numpy as np
+
+        q = self._embed(queries)
+        d = ((q[:, None, :] - self.centroids[None, :, :]) ** 2).sum(-1)
+        return [int(i) for i in np.argmin(d, axis=1)]
+
+    def table(self, tau: float = 0.0, models: Sequence[str] | None = None,
+              costs: dict[str, float] | None = None) -> list[dict]:
+        """Per cluster: its size and the model chosen at ``tau`` (for reports)."""
+        ids = list(models or self.models)
+        costs = costs or {}
+        return [{"cluster": c, "n": self.sizes[c], "choice": decide({m: self.accuracy[c].get(m, 0.0) for m in ids},
+                                                                     costs, tau)[0]} for c in range(self.n_clusters)]
+
+    def route_items(self, items, offered, tau=None):
+        tau = self._tau(tau)
+        t0 = time.perf_counter()
+        cl = self.clusters_of([query_text(it.query) for it in items]) if items else []
+        per = (time.perf_counter() - t0) / max(1, len(items))
+        out = []
+        for it, off, c in zip(items, offered, cl, strict=True):
+            base = {s.id: self.accuracy[c].get(s.id, 0.0) for s in off}
+            costs = self.costs_for(it.query, off)
+            model, scores = decide(base, costs, tau)
+            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
+        return out
