@@ -117,7 +117,7 @@ def test_baselines_on_real_routerbench_rows(rb_split, tmp_path):
     singles = [v for k, v in b.items() if k.startswith("single:")]
     assert b["oracle"]["accuracy"] >= max(s["accuracy"] for s in singles)
     assert set(b["best_single_per_dataset"]["choice_per_dataset"]) == {"arc-challenge", "mbpp", "winogrande"}
-    assert 0 <= b["knn"]["accuracy"] <= 1 and len(rep["curves"]["points"]["knn"]) == len(rep["config"]["taus"])
+    assert 0 <= b["knn"]["accuracy"] <= 1 and len(rep["curves"]["tau_table"]["knn"]) == len(rep["config"]["taus"])
     m = rep["curves"]["metrics"]
     assert 0 < m["single_models_hull"]["aiq"] <= 1 and m["oracle"]["aiq"] >= m["single_models_hull"]["aiq"]
     ref = rep["curves"]["reference"]
@@ -152,7 +152,7 @@ def test_router_end_to_end_and_figures_rederive_from_decisions(rb_split, adapter
     assert again["accuracy"] == pytest.approx(r["accuracy"]) and again["total_cost"] == pytest.approx(r["total_cost"])
     # the tau sweep is re-derivable too: tau huge -> every query to the cheapest model (by training cost)
     far = rederive_from_decisions(out / "decisions.jsonl", test, tau=1e6)
-    pt = [p for p in rep["curves"]["points"]["router"] if p["tau"] == 1e6][0]
+    pt = [p for p in rep["curves"]["tau_table"]["router"] if p["tau"] == 1e6][0]
     assert far["accuracy"] == pytest.approx(pt["accuracy"]) and far["total_cost"] == pytest.approx(pt["total_cost"])
     assert list(far["call_share"]) == ["mistralai/mistral-7b-chat"]
     assert "router" in rep["curves"]["metrics"] and "aiq" in rep["curves"]["metrics"]["router"]
