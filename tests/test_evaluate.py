@@ -220,3 +220,44 @@ def test_cli_eval_baselines_only(rb_split, tmp_path):
     assert "| oracle |" in res.output and (tmp_path / "o" / "report.json").exists()
     res = CliRunner().invoke(app, ["eval", "--test-cache", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "missing.jsonl" in res.output
+
+
+def test_decision_head_next_to_the_adapter_decides_in_evaluation(rb_split, adapter_dir, tmp_path):
+    """`fit-head` on validation decisions writes decision_head.json next to the adapter; the evaluation's LoRARouter
+    then decides by P(correct) - tau x c (the same function serving uses), keeps the raw scores, and its curve is
+    exact (one point per breakpoint)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from xrouter_lite.cli import app
+    from xrouter_lite.decision import HEAD_FILE, load_head, route_scores
+
+    train, test = rb_split
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, adapter)
+    common = dict(test_cache=str(test), train_cache=str(train), adapter=str(adapter), device="cpu", offered_models=THREE,
+                  baselines=["single", "best_single"], batch_size=4, plot=False)
+    raw = evaluate(EvalConfig(out_dir=str(tmp_path / "raw"), max_queries=6, **common), log=lambda m: None)
+    # fit the head on these decisions (a test of the plumbing; the real head is fit on validation questions only)
+    dec = str(tmp_path / "raw" / "decisions.jsonl")
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(test), "--decisions", dec])
+    assert res.exit_code == 2 and "no scores" in res.output  # questions of the cache the decisions do not cover: said
+    rows = [json.loads(x) for x in (tmp_path / "raw" / "decisions.jsonl").read_text().splitlines()]
+    ids = {r["prompt_id"] for r in rows}
+    sub = tmp_path / "sub.jsonl"
+    sub.write_text("".join(x for x in test.read_text().splitlines(keepends=True) if json.loads(x)["prompt_id"] in ids))
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(sub), "--decisions", dec, "--l2", "10"])
+    assert res.exit_code == 0, res.output
+    head = load_head(adapter)
+    assert (adapter / HEAD_FILE).exists() and sorted(head.models) == sorted(THREE)
+    rep = evaluate(EvalConfig(out_dir=str(tmp_path / "head"), max_queries=6, **common), log=lambda m: None)
+    lines = [json.loads(x) for x in (tmp_path / "head" / "decisions.jsonl").read_text().splitlines()]
+    for d, r in zip(lines, rows):
+        assert d["router_scores"] == pytest.approx(r["router_scores"], abs=1e-3)  # the model's own scores, kept
+        p_ok = head.p_correct(d["router_scores"])
+        assert d["base_scores"] == pytest.approx(p_ok, abs=1e-4) and all(0 < v < 1 for v in d["base_scores"].values())
+        assert d["chosen"] == route_scores(d["router_scores"], d["costs"], 0.0, head)[0]
+    pts = rep["curves"]["points"]["router"]
+    assert rep["curves"]["metrics"]["router"]["n_points"] == len(pts) and pts[0]["tau"] == 0.0
+    assert raw["curves"]["metrics"]["router"]["aiq"] > 0

@@ -331,7 +331,7 @@ def fit_head_cmd(
         raise typer.Exit(2) from None
     cv = head.info.get("cv_logloss_by_l2") or {}
     typer.echo(f"decision head: {len(head.models)} models, {head.info['n_questions']} validation questions, l2 {head.l2:g}"
-               + (f" (5-fold CV log-loss {cv[str(head.l2)]:.4f})" if str(head.l2) in cv else ""))
+               + (f" ({head.info['folds']}-fold CV log-loss {cv[str(head.l2)]:.4f})" if str(head.l2) in cv else ""))
     typer.echo(f"wrote {path}")
 
 
