@@ -283,9 +283,24 @@ def compare(args) -> dict:
             Xv = np.hstack([_features([[val_s[i][m] for m in models] for i in vq]), [[d[m] for m in models] for d in kv]])
             Xt = np.hstack([_features([[test_s[i][m] for m in models] for i in tq]), [[d[m] for m in models] for d in kt]])
             Yv = np.array([[float(c[m]) for m in models] for c in vcorrect])
+            mu, sd = Xv.mean(0), Xv.std(0) + 1e-9  # standardised (kNN's [0, 1] and log-probs' tens), l2 by CV on validation
+            Xv, Xt = (Xv - mu) / sd, (Xt - mu) / sd
+            parts = np.array_split(np.random.default_rng(0).permutation(len(Xv)), 5)
+            best = None
+            for lam in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0):
+                loss = 0.0
+                for k in range(5):
+                    te = parts[k]
+                    tr = np.concatenate([parts[j] for j in range(5) if j != k])
+                    for j in range(len(models)):
+                        w = _fit_logistic(Xv[tr], Yv[tr, j], lam)
+                        q = np.clip(1 / (1 + np.exp(-(w[0] + Xv[te] @ w[1:]))), 1e-6, 1 - 1e-6)
+                        loss -= float(np.sum(Yv[te, j] * np.log(q) + (1 - Yv[te, j]) * np.log(1 - q)))
+                if best is None or loss < best[0]:
+                    best = (loss, lam)
             P = np.zeros((len(tq), len(models)))
             for j in range(len(models)):
-                w = _fit_logistic(Xv, Yv[:, j], head.l2)
+                w = _fit_logistic(Xv, Yv[:, j], best[1])
                 P[:, j] = 1 / (1 + np.exp(-(w[0] + Xt @ w[1:])))
             util["router + kNN ensemble head"] = [dict(zip(models, r)) for r in P]
         envs = {k: [envelope(u, cvec) for u in us] for k, us in util.items()}
@@ -295,6 +310,7 @@ def compare(args) -> dict:
         diffs = {}
         pairs = [(a, b) for a in ("router + decision head", "router (raw scores)", "router + kNN ensemble head") if a in envs
                  for b in ("best single per dataset (task label)", "kNN (MiniLM, k=10)") if b in envs]
+        pairs.append(("router + decision head", "router (raw scores)"))
         boot = {pr: [] for pr in pairs}
         for _ in range(args.bootstrap):
             cnt = np.bincount(rng.integers(0, len(tq), len(tq)), minlength=len(tq))

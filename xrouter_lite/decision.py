@@ -35,7 +35,7 @@ from typing import Any
 
 HEAD_FILE = "decision_head.json"
 FEATURES = "logsoftmax"
-DEFAULT_L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+DEFAULT_L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 class HeadError(ValueError):
