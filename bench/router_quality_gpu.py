@@ -38,11 +38,14 @@ def log(msg: str) -> None:
 
 
 def train_cfg(a, data: Path, out: Path) -> dict:
+    """The config's train_cuda, with batch 8 x 2 accumulation (16 pairs a step, as the recipe)."""
     import yaml
 
     t = yaml.safe_load((REPO / "configs" / "quality_routerbench.yaml").read_text())["train_cuda"]
     t.update(model_name_or_path=a.model, per_device_train_batch_size=8, gradient_accumulation_steps=2, report_to=[],
              data_path=str(data), output_dir=str(out))
+    if a.epochs:
+        t["num_train_epochs"] = a.epochs
     if a.smoke:
         t.update(max_steps=1, per_device_train_batch_size=1, gradient_accumulation_steps=1, precompute_ref_log_probs=False)
     return t
@@ -118,6 +121,7 @@ def main() -> None:
     ap.add_argument("--train-s", type=float, default=380)
     ap.add_argument("--rb", default=str(REPO.parent / "shared" / "data" / "routerbench"))
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct")
+    ap.add_argument("--epochs", type=float, help="override the recipe's num_train_epochs (2)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--train-json", help=argparse.SUPPRESS)
@@ -139,6 +143,7 @@ def main() -> None:
     procs = []
     for r in a.runs:
         cmd = [sys.executable, __file__, str(out), "--one", r, "--train-s", str(a.train_s), "--model", a.model]
+        cmd += ["--epochs", str(a.epochs)] if a.epochs else []
         cmd += ["--smoke"] if a.smoke else []
         procs.append((r, subprocess.Popen(cmd)))
     for r, p in procs:
