@@ -260,4 +260,8 @@ def test_decision_head_next_to_the_adapter_decides_in_evaluation(rb_split, adapt
         assert d["chosen"] == route_scores(d["router_scores"], d["costs"], 0.0, head)[0]
     pts = rep["curves"]["points"]["router"]
     assert rep["curves"]["metrics"]["router"]["n_points"] == len(pts) and pts[0]["tau"] == 0.0
-    assert raw["curves"]["metrics"]["router"]["aiq"] > 0
+    assert raw["curves"]["metrics"]["router"]["aiq"] > 0 and "router_raw_scores" not in raw["curves"]["metrics"]
+    # with a head, the report also draws the raw rule on the same scores: the same curve the run without a head drew
+    a = [v for p in rep["curves"]["points"]["router_raw_scores"] for v in (p["total_cost"], p["accuracy"])]
+    b = [v for p in raw["curves"]["points"]["router"] for v in (p["total_cost"], p["accuracy"])]
+    assert a == pytest.approx(b)

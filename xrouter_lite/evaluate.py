@@ -549,6 +549,11 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             if cfg.mode == "score":
                 curves["points"][label] = exact_sweep(ds, test)
                 curves["tau_table"][label] = sweep(ds, test, cfg.taus)
+                if any(getattr(d, "router_scores", None) and d.router_scores != d.base_scores for d in ds):
+                    # a decision head decided: the raw rule (logp - tau x c) on the same scores, for comparison
+                    raw = [ScoredDecision(d.model_id, d.scores, valid=d.valid, base_scores=d.router_scores or d.base_scores,
+                                          costs=d.costs) if isinstance(d, ScoredDecision) else d for d in ds]
+                    curves["points"][f"{label}_raw_scores"] = exact_sweep(raw, test)
             else:
                 s = summarise(test, [d.model_id for d in ds])
                 curves["points"][label] = [{"tau": None, "accuracy": s["accuracy"], "total_cost": s["total_cost"], "call_share": s["call_share"]}]
