@@ -1,6 +1,6 @@
 """Router quality on RouterBench from decisions files: the comparison of issue 14, and hull margins of one run.
 
-The comparison (every figure of docs/BENCHMARKS.md "Router quality: decision head, three splits"):
+The comparison (every figure of docs/BENCHMARKS.md "Router quality: decision head, exact curves, three seeded splits"):
 
     python bench/router_quality.py --cache runs/q/cache.jsonl --knn --bootstrap 1000 \
         --split 0 S0/eval_test/decisions.jsonl S0/eval_val/decisions.jsonl --split 1 ... --split 2 ...
