@@ -118,7 +118,7 @@ def test_baselines_on_real_routerbench_rows(rb_split, tmp_path):
     singles = [v for k, v in b.items() if k.startswith("single:")]
     assert b["oracle"]["accuracy"] >= max(s["accuracy"] for s in singles)
     assert set(b["best_single_per_dataset"]["choice_per_dataset"]) == {"arc-challenge", "mbpp", "winogrande"}
-    assert 0 <= b["knn"]["accuracy"] <= 1 and len(rep["curves"]["points"]["knn"]) == len(rep["config"]["taus"])
+    assert 0 <= b["knn"]["accuracy"] <= 1 and len(rep["curves"]["tau_table"]["knn"]) == len(rep["config"]["taus"])
     m = rep["curves"]["metrics"]
     assert 0 < m["single_models_hull"]["aiq"] <= 1 and m["oracle"]["aiq"] >= m["single_models_hull"]["aiq"]
     ref = rep["curves"]["reference"]
@@ -153,7 +153,7 @@ def test_router_end_to_end_and_figures_rederive_from_decisions(rb_split, adapter
     assert again["accuracy"] == pytest.approx(r["accuracy"]) and again["total_cost"] == pytest.approx(r["total_cost"])
     # the tau sweep is re-derivable too: tau huge -> every query to the cheapest model (by training cost)
     far = rederive_from_decisions(out / "decisions.jsonl", test, tau=1e6)
-    pt = [p for p in rep["curves"]["points"]["router"] if p["tau"] == 1e6][0]
+    pt = [p for p in rep["curves"]["tau_table"]["router"] if p["tau"] == 1e6][0]
     assert far["accuracy"] == pytest.approx(pt["accuracy"]) and far["total_cost"] == pytest.approx(pt["total_cost"])
     assert list(far["call_share"]) == ["mistralai/mistral-7b-chat"]
     assert "router" in rep["curves"]["metrics"] and "aiq" in rep["curves"]["metrics"]["router"]
@@ -236,3 +236,48 @@ def test_cli_eval_baselines_only(rb_split, tmp_path):
     assert "| oracle |" in res.output and (tmp_path / "o" / "report.json").exists()
     res = CliRunner().invoke(app, ["eval", "--test-cache", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "missing.jsonl" in res.output
+
+
+def test_decision_head_next_to_the_adapter_decides_in_evaluation(rb_split, adapter_dir, tmp_path):
+    """`fit-head` on validation decisions writes decision_head.json next to the adapter; the evaluation's LoRARouter
+    then decides by P(correct) - tau x c (the same function serving uses), keeps the raw scores, and its curve is
+    exact (one point per breakpoint)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from xrouter_lite.cli import app
+    from xrouter_lite.decision import HEAD_FILE, load_head, route_scores
+
+    train, test = rb_split
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, adapter)
+    common = dict(test_cache=str(test), train_cache=str(train), adapter=str(adapter), device="cpu", offered_models=THREE,
+                  baselines=["single", "best_single"], batch_size=4, plot=False)
+    raw = evaluate(EvalConfig(out_dir=str(tmp_path / "raw"), max_queries=6, **common), log=lambda m: None)
+    # fit the head on these decisions (a test of the plumbing; the real head is fit on validation questions only)
+    dec = str(tmp_path / "raw" / "decisions.jsonl")
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(test), "--decisions", dec])
+    assert res.exit_code == 2 and "no scores" in res.output  # questions of the cache the decisions do not cover: said
+    rows = [json.loads(x) for x in (tmp_path / "raw" / "decisions.jsonl").read_text().splitlines()]
+    ids = {r["prompt_id"] for r in rows}
+    sub = tmp_path / "sub.jsonl"
+    sub.write_text("".join(x for x in test.read_text().splitlines(keepends=True) if json.loads(x)["prompt_id"] in ids))
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(sub), "--decisions", dec, "--l2", "10"])
+    assert res.exit_code == 0, res.output
+    head = load_head(adapter)
+    assert (adapter / HEAD_FILE).exists() and sorted(head.models) == sorted(THREE)
+    rep = evaluate(EvalConfig(out_dir=str(tmp_path / "head"), max_queries=6, **common), log=lambda m: None)
+    lines = [json.loads(x) for x in (tmp_path / "head" / "decisions.jsonl").read_text().splitlines()]
+    for d, r in zip(lines, rows):
+        assert d["router_scores"] == pytest.approx(r["router_scores"], abs=1e-3)  # the model's own scores, kept
+        p_ok = head.p_correct(d["router_scores"])
+        assert d["base_scores"] == pytest.approx(p_ok, abs=1e-4) and all(0 < v < 1 for v in d["base_scores"].values())
+        assert d["chosen"] == route_scores(d["router_scores"], d["costs"], 0.0, head)[0]
+    pts = rep["curves"]["points"]["router"]
+    assert rep["curves"]["metrics"]["router"]["n_points"] == len(pts) and pts[0]["tau"] == 0.0
+    assert raw["curves"]["metrics"]["router"]["aiq"] > 0 and "router_raw_scores" not in raw["curves"]["metrics"]
+    # with a head, the report also draws the raw rule on the same scores: the same curve the run without a head drew
+    a = [v for p in rep["curves"]["points"]["router_raw_scores"] for v in (p["total_cost"], p["accuracy"])]
+    b = [v for p in raw["curves"]["points"]["router"] for v in (p["total_cost"], p["accuracy"])]
+    assert a == pytest.approx(b)

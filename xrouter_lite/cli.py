@@ -264,6 +264,10 @@ def pairs_cmd(
     eval_fraction: Optional[float] = typer.Option(
         None, "--eval-fraction", min=0.0, max=0.99, help="Share of prompts held out into dpo_eval_data.json and test_cache.jsonl (default: 0)."
     ),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", min=0.0, max=0.99,
+        help="Share of the remaining (training-side) prompts kept out of the pairs into val_cache.jsonl, to fit the decision head on (default: 0).",
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of subsets, pair sampling and the split (default: 0)."),
     tokenizer: str = typer.Option(
         "qwen2.5", "--tokenizer", help="Counts and caps prompt tokens: qwen2.5 (offline, exact), smollm2, a path, or none."
@@ -284,7 +288,7 @@ def pairs_cmd(
     overrides = dict(
         strategy=strategy, margin=margin, max_pairs_per_prompt=max_pairs_per_prompt, k=k, lam=lam, cost_max=cost_max,
         cost_unit=cost_unit, subset_mode="full" if full_pool else subset_mode, min_offered=min_offered,
-        max_offered=max_offered, subsets_per_prompt=subsets_per_prompt, eval_fraction=eval_fraction, seed=seed,
+        max_offered=max_offered, subsets_per_prompt=subsets_per_prompt, eval_fraction=eval_fraction, val_fraction=val_fraction, seed=seed,
         max_prompt_tokens=max_prompt_tokens, strict=True if strict else None,
     )
     try:
@@ -365,6 +369,38 @@ def train_cmd(
     )
     if result.interrupted:
         typer.echo("resume with the same command and --resume")
+
+@app.command("fit-head")
+def fit_head_cmd(
+    adapter: Path = typer.Option(..., "--adapter", help="The trained router's adapter folder; decision_head.json goes there."),
+    val_cache: Path = typer.Option(..., "--val-cache", help="Validation questions (val_cache.jsonl from `pairs --val-fraction`), never the held-out ones."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="Read the router's scores from an evaluation's decisions.jsonl on --val-cache instead of scoring again."),
+    pool: Path = typer.Option(Path("configs/pool_routerbench.yaml"), "--pool", help="Pool YAML: the models every validation question offers."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for decision_head.json (default: the adapter folder)."),
+    l2: Optional[float] = typer.Option(None, "--l2", help="L2 penalty of the logistic head (default: chosen by 5-fold CV on the validation questions)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+    quantize: str = typer.Option("auto", "--quantize", help="auto (as the adapter was trained), 4bit or none."),
+) -> None:
+    """Fit the router's decision head: P(correct | question, model) from its whole score vector, on validation questions.
+    Evaluation and serving then route by P(correct) - tau x cost (xrouter_lite/decision.py)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .decision import HeadError, fit_head_from_cache
+    from .pool import PoolError
+
+    try:
+        head, path = fit_head_from_cache(adapter, val_cache, decisions=decisions, pool=pool, out=out, l2=l2,
+                                         batch_size=batch_size, device=device, quantize=quantize, say=typer.echo)
+    except (HeadError, PoolError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    cv = head.info.get("cv_logloss_by_l2") or {}
+    typer.echo(f"decision head: {len(head.models)} models, {head.info['n_questions']} validation questions, l2 {head.l2:g}"
+               + (f" ({head.info['folds']}-fold CV log-loss {cv[str(head.l2)]:.4f})" if str(head.l2) in cv else ""))
+    typer.echo(f"wrote {path}")
+
 
 # ---- stage 4: evaluation (evaluate.py) ---------------------------------------------------------------------------
 

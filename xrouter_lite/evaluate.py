@@ -101,6 +101,7 @@ class EvalConfig(BaseModel):
     device: str | None = None
     quantize: Literal["auto", "4bit", "none"] = "auto"
     max_prompt_tokens: int | None = 4096
+    use_head: bool = Field(True, description="decide with the adapter's decision head (decision_head.json) when it has one")
     online: bool = False
     online_concurrency: int = 4
     plot: bool = True
@@ -329,6 +330,23 @@ def sweep(decisions: Sequence[Decision], prompts: Sequence[LabeledPrompt], taus:
     return pts
 
 
+def exact_sweep(decisions: Sequence[Decision], prompts: Sequence[LabeledPrompt]) -> list[dict[str, Any]]:
+    """EVERY operating point of a scoring router's rule (``decision.exact_curve``: one point per breakpoint tau),
+    so that the curve's AIQ/APGR/CPT do not depend on a tau list. A non-scored or invalid decision stays fixed."""
+    from .decision import exact_curve
+
+    utils, costs, outs = [], [], []
+    for d, p in zip(decisions, prompts, strict=True):
+        if isinstance(d, ScoredDecision) and d.valid and d.base_scores:
+            utils.append(d.base_scores)
+            costs.append(d.costs)
+        else:
+            utils.append({d.model_id: 0.0})
+            costs.append({d.model_id: 0.0})
+        outs.append({m: (o.correct, o.cost) for m, o in p.outcomes.items()})
+    return exact_curve(utils, costs, outs)
+
+
 async def _online_outcomes(
     prompts: Sequence[LabeledPrompt], chosen: Sequence[str], pool: Pool, concurrency: int
 ) -> tuple[list[Outcome], list[dict[str, Any]]]:
@@ -396,6 +414,13 @@ def curve_metrics(points: Sequence[dict[str, Any]], ref: dict[str, Any]) -> dict
             if (q > mq and c <= mc) or (q >= mq and c < mc):
                 beats.append(m)
     out["beats_single_models"] = sorted(set(beats))
+    # the issue-14 checks: near the strong model's accuracy for how much of its cost; holes in the cost range
+    near = metrics.cheapest_reaching(pts, strong[1] - 0.01)
+    out["cost_share_within_1pt_of_strong"] = near[0] / strong[0] if near and strong[0] > 0 else None
+    fifths = metrics.cost_fifths_covered(pts)
+    out["cost_fifths_covered"] = fifths
+    out["no_hole"] = all(fifths)
+    out["n_points"] = len(pts)
     return out
 
 
@@ -488,7 +513,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         r = load_router(
             {**spec, "pool": pool, "train_cache": cfg.train_cache, "base_model": cfg.base_model, "mode": cfg.mode,
              "device": cfg.device, "quantize": cfg.quantize, "batch_size": cfg.batch_size,
-             "max_prompt_tokens": cfg.max_prompt_tokens, "tau": cfg.tau, "default_model": cfg.default_model,
+             "max_prompt_tokens": cfg.max_prompt_tokens, "use_head": cfg.use_head, "tau": cfg.tau, "default_model": cfg.default_model,
              "cost_source": "pool" if cfg.cost_source == "pool" else "saved", "k": cfg.knn_k,
              "knn_max_seq_length": cfg.knn_max_seq_length, "n_clusters": cfg.n_clusters, "seed": cfg.seed},
             train=train, log=lambda m, label=label: log(f"[{label}] {m}"),
@@ -503,6 +528,9 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             log(f"[{label}] saved its cost vector with the adapter: {path} (serving reads it: the same tau)")
         if label == "router" and r.cost_info is not None and r.cost_info.origin.startswith("saved"):
             cost_vec = r.cost_per_query  # the baselines weigh cost as the router under test does
+        if spec["router"] == "lora":
+            log(f"[{label}] decision rule: " + ("the decision head next to the adapter (P(correct) - tau x c)"
+                                                if getattr(r, "head", None) else "raw scores (logp - tau x c): no decision_head.json"))
         if hasattr(r, "model") and hasattr(r.model, "modules"):
             four_bit = any(type(m).__name__ == "Linear4bit" for m in r.model.modules())
             log(f"[{label}] base weights {'4-bit NF4' if four_bit else 'unquantised'} on {r.device} (quantize={cfg.quantize})")
@@ -518,6 +546,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
                     "router": r.name, "chosen": d.model_id, "tau": cfg.tau, "valid": d.valid,
                     "invalid_reason": d.invalid_reason,
                     "base_scores": getattr(d, "base_scores", d.scores), "costs": getattr(d, "costs", {}),
+                    "router_scores": getattr(d, "router_scores", {}) or getattr(d, "base_scores", d.scores),
                     "scores": d.scores, "latency_s": d.latency_s, "is_correct": o.correct, "cost": o.cost,
                     "raw": d.raw if cfg.mode == "generate" else None,
                 }, ensure_ascii=False) + "\n")
@@ -624,18 +653,25 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         }
         curves: dict[str, Any] = {"reference": ref, "points": {}, "metrics": {}}
         curves["metrics"]["single_models_hull"] = {"aiq": metrics.aiq(single_pts.values(), ref["c_min"], ref["c_max"])}
+        curves["tau_table"] = {}
         for label, ds in router_decisions.items():
             if takes_tau[label]:
-                curves["points"][label] = sweep(ds, test, cfg.taus)
+                curves["points"][label] = exact_sweep(ds, test)
+                curves["tau_table"][label] = sweep(ds, test, cfg.taus)
+                if any(getattr(d, "router_scores", None) and d.router_scores != d.base_scores for d in ds):
+                    # a decision head decided: the raw rule (logp - tau x c) on the same scores, for comparison
+                    raw = [ScoredDecision(d.model_id, d.scores, valid=d.valid, base_scores=d.router_scores or d.base_scores,
+                                          costs=d.costs) if isinstance(d, ScoredDecision) else d for d in ds]
+                    curves["points"][f"{label}_raw_scores"] = exact_sweep(raw, test)
             else:
                 s = summarise(test, [d.model_id for d in ds])
                 curves["points"][label] = [{"tau": None, "accuracy": s["accuracy"], "total_cost": s["total_cost"], "call_share": s["call_share"]}]
         if len(router_decisions) > 1:
             curves["points"]["routers_all_adapters"] = [p for label in router_decisions for p in curves["points"][label]]
-        if "knn" in baseline_decisions:
-            curves["points"]["knn"] = sweep(baseline_decisions["knn"], test, cfg.taus)
-        if "best_single_per_dataset" in baseline_decisions:
-            curves["points"]["best_single_per_dataset"] = sweep(baseline_decisions["best_single_per_dataset"], test, cfg.taus)
+        for name in ("knn", "best_single_per_dataset"):
+            if name in baseline_decisions:
+                curves["points"][name] = exact_sweep(baseline_decisions[name], test)
+                curves["tau_table"][name] = sweep(baseline_decisions[name], test, cfg.taus)
         for label, pts in curves["points"].items():
             curves["metrics"][label] = curve_metrics(pts, ref)
         for name in ("random", "oracle"):
@@ -762,9 +798,20 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt_cpt(m.get('cpt95'))} | {m.get('points_above_single_hull', '-')} | "
                 f"{', '.join(x.split('/')[-1] for x in m.get('beats_single_models', [])) or '-'} |"
             )
-        if "router" in c.get("points", {}):
-            lines += ["", "Router tau sweep:", "", "| tau | accuracy | total cost |", "|---:|---:|---:|"]
-            for p in c["points"]["router"]:
+        lines += ["", "Curves are exact: every breakpoint of each rule's tau (report.json keeps the points). "
+                  "Within 1 pt of strong: the cheapest point at most 1 point below the strong model's accuracy, as a "
+                  "share of its cost. Fifths: which fifths of the curve's own cost range hold a point (a gap is a hole).",
+                  "", "| curve | points | within 1 pt of strong | fifths covered |", "|---|---:|---:|---|"]
+        for label, m in c["metrics"].items():
+            if "n_points" not in m:
+                continue
+            share = m.get("cost_share_within_1pt_of_strong")
+            lines.append(f"| {label} | {m['n_points']} | {'not reached' if share is None else f'{100 * share:.1f}%'} | "
+                         + "".join("x" if f else "." for f in m["cost_fifths_covered"]) + " |")
+        table = (c.get("tau_table") or {}).get("router")
+        if table:
+            lines += ["", "Router at the configured taus:", "", "| tau | accuracy | total cost |", "|---:|---:|---:|"]
+            for p in table:
                 lines.append(f"| {p['tau']} | {100 * p['accuracy']:.1f}% | ${p['total_cost']:.4f} |")
     if r:
         lines += ["", "## Per dataset (router)", "", "| dataset | n | accuracy | total cost |", "|---|---:|---:|---:|"]

@@ -166,3 +166,23 @@ def dominates(point: Point, hull: Sequence[Point], tol: float = 1e-12) -> str | 
     if point[1] >= v - tol:
         return "on"
     return "below"
+
+
+def cheapest_reaching(points: Iterable[Sequence[float]], quality: float) -> Point | None:
+    """The cheapest ACTUAL point (cost, quality) whose quality is at least ``quality``; None when none is."""
+    ok = [(c, q) for c, q in _clean(points) if q >= quality - 1e-12]
+    return min(ok) if ok else None
+
+
+def cost_fifths_covered(points: Iterable[Sequence[float]], parts: int = 5) -> list[bool]:
+    """Split the cost range between the curve's cheapest and dearest point into ``parts`` equal parts; for each
+    part, whether some point of the curve lies in it (the ends count in both neighbouring parts). A False is a hole:
+    a budget the curve offers no operating point for."""
+    cs = sorted(c for c, _ in _clean(points))
+    if not cs:
+        return [False] * parts
+    lo, hi = cs[0], cs[-1]
+    if hi <= lo:
+        return [True] * parts
+    width = (hi - lo) / parts
+    return [any(lo + k * width - 1e-12 <= c <= lo + (k + 1) * width + 1e-12 for c in cs) for k in range(parts)]

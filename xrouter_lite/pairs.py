@@ -64,8 +64,9 @@ SUBSET_MODES: tuple[str, ...] = get_args(SubsetMode)
 TRAIN_FILE = "dpo_train_data.json"
 EVAL_FILE = "dpo_eval_data.json"
 TEST_CACHE_FILE = "test_cache.jsonl"
+VAL_CACHE_FILE = "val_cache.jsonl"
 REPORT_FILE = "pairs_report.json"
-OUTPUT_FILES = (TRAIN_FILE, EVAL_FILE, TEST_CACHE_FILE, REPORT_FILE)  # what a run writes; each run leaves exactly its own
+OUTPUT_FILES = (TRAIN_FILE, EVAL_FILE, TEST_CACHE_FILE, VAL_CACHE_FILE, REPORT_FILE)  # what a run writes; each run leaves exactly its own
 MAX_EXAMPLES = 20  # skipped-line messages kept in the report
 
 
@@ -89,6 +90,11 @@ class PairsConfig(BaseModel):
     subsets_per_prompt: int = Field(1, ge=1)
     shuffle_offered: bool = True
     eval_fraction: float = Field(0.0, ge=0, lt=1)
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of the training-side prompts kept out of the pairs into val_cache.jsonl (for fitting the "
+        "router's decision head: `xrouter-lite fit-head`); drawn after the held-out split, never from it",
+    )
     max_prompt_tokens: int | None = Field(DEFAULT_MAX_PROMPT_TOKENS, ge=1)
     strict: bool = False
 
@@ -410,6 +416,7 @@ class PairsReport:
     prompts_read: int = 0
     prompts_train: int = 0
     prompts_eval: int = 0
+    prompts_val: int = 0
     prompts_too_few_models: int = 0
     prompts_with_pairs: int = 0
     router_prompts: int = 0
@@ -530,6 +537,8 @@ def run_pairs(
     partial_ids = {pid for pid, g in groups.items() if g.unknown()}
     check_strategy_for_partial_rows(cfg, len(partial_ids), str(cache_path))
     eval_ids = split_prompt_ids(groups, cfg.eval_fraction, cfg.seed)
+    # the validation part comes from the training side only (seeded like the held-out split, on what is left)
+    val_ids = split_prompt_ids(set(groups) - eval_ids, cfg.val_fraction, cfg.seed)
     rep = PairsReport(cache=str(cache_path), config=cfg.model_dump(mode="json"), tokenizer=tokenizer_name)
     rep.lines_with_records = stats.lines_with_records
     rep.records_used = stats.records_used
@@ -540,7 +549,8 @@ def run_pairs(
     rep.torn_last_line = stats.torn_last_line
     rep.prompts_read = len(groups)
     rep.prompts_eval = len(eval_ids)
-    rep.prompts_train = len(groups) - len(eval_ids)
+    rep.prompts_val = len(val_ids)
+    rep.prompts_train = len(groups) - len(eval_ids) - len(val_ids)
     rep.prompts_partial = len(partial_ids)
     rep.prompts_explored = sum(g.traversal == "explore" for g in groups.values())
     rep.eval_prompts_partial = len(partial_ids & eval_ids)
@@ -566,10 +576,14 @@ def run_pairs(
         if eval_ids:
             writers["eval"] = _AtomicLines(out / EVAL_FILE)
             writers["test_cache"] = _AtomicLines(out / TEST_CACHE_FILE)
+        if val_ids:
+            writers["val_cache"] = _AtomicLines(out / VAL_CACHE_FILE)
     try:
         for pid, g in groups.items():
             if on_prompt is not None:
                 on_prompt()
+            if pid in val_ids:  # no pair: its cache lines go to val_cache.jsonl
+                continue
             valid = g.valid()
             unknown = g.unknown()
             if len(valid) + len(unknown) < 2 or not valid:
@@ -663,12 +677,14 @@ def run_pairs(
                         writers[side].write(json.dumps(row, ensure_ascii=False))
             if any_pair:
                 rep.prompts_with_pairs += 1
-        if "test_cache" in writers:
-            keep = {o.lineno for pid in eval_ids for o in groups[pid].outcomes.values()}
+        for name, ids in (("test_cache", eval_ids), ("val_cache", val_ids)):
+            if name not in writers:
+                continue
+            keep = {o.lineno for pid in ids for o in groups[pid].outcomes.values()}
             with cache_path.open("r", encoding="utf-8") as f:
                 for lineno, raw in enumerate(f, start=1):
                     if lineno in keep:
-                        writers["test_cache"].write(raw)
+                        writers[name].write(raw)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -732,7 +748,7 @@ def print_report(rep: PairsReport, console: Any = None) -> None:
         *[(f"  skipped: {k}", v) for k, v in sorted(rep.skipped_lines.items())],
         ("torn last line dropped", "yes" if rep.torn_last_line else "no"),
         ("prompts read", rep.prompts_read),
-        ("  train / eval prompts", f"{rep.prompts_train} / {rep.prompts_eval}"),
+        ("  train / validation / eval prompts", f"{rep.prompts_train} / {rep.prompts_val} / {rep.prompts_eval}"),
         ("  prompts with < 2 valid answers", rep.prompts_too_few_models),
         ("  prompts with pairs", rep.prompts_with_pairs),
         ("router prompts (prompt x offered subset)", rep.router_prompts),

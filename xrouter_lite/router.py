@@ -473,6 +473,7 @@ class LoRARouter(CostAwareRouter):
         model=None,
         tokenizer=None,
         score_impl: str = "packed",
+        use_head: bool = True,
     ):
         super().__init__(
             tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
@@ -505,6 +506,10 @@ class LoRARouter(CostAwareRouter):
         self.eos_id = tokenizer.eos_token_id
         self._action_ids: dict[str, list[int]] = {}
         self.invalid_reasons: dict[str, int] = {}
+        # the decision head fitted next to the adapter (`xrouter-lite fit-head`); score mode decides with it
+        from .decision import load_head
+
+        self.head = load_head(adapter_dir) if (use_head and mode == "score") else None
 
     # -- public ---------------------------------------------------------------------------------------------------
 
@@ -552,10 +557,12 @@ class LoRARouter(CostAwareRouter):
         if work:
             if self.mode == "score":
                 logps = self._score_batch([w[2] for w in work], [[self.action_ids(m) for m in w[1].offered] for w in work])
+                from .decision import route_scores
+
                 for (i, prompt, _ids, _off, costs), lp in zip(work, logps):
-                    base = dict(zip(prompt.offered, lp))
-                    model, scores = decide(base, costs, tau)
-                    results[i] = ScoredDecision(model, scores, base_scores=base, costs=costs, tau=tau)
+                    raw = dict(zip(prompt.offered, lp))
+                    model, scores, base, _used = route_scores(raw, costs, tau, self.head)
+                    results[i] = ScoredDecision(model, scores, base_scores=base, costs=costs, tau=tau, router_scores=raw)
             else:
                 texts, approx = self._generate_batch(
                     [w[2] for w in work], [[self.action_ids(m) for m in w[1].offered] for w in work]

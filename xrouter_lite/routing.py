@@ -95,6 +95,7 @@ class ScoredDecision(Decision):
     base_scores: dict[str, float] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     tau: float = 0.0
+    router_scores: dict[str, float] = field(default_factory=dict)  # the model's own scores when a head made base_scores
 
     def with_tau(self, tau: float) -> ScoredDecision:
         """The decision this router makes for the same query under another ``tau`` (no model call)."""
@@ -103,7 +104,7 @@ class ScoredDecision(Decision):
         model, scores = decide(self.base_scores, self.costs, tau)
         return ScoredDecision(
             model_id=model, scores=scores, latency_s=self.latency_s, valid=True, raw=self.raw,
-            base_scores=self.base_scores, costs=self.costs, tau=tau,
+            base_scores=self.base_scores, costs=self.costs, tau=tau, router_scores=self.router_scores,
         )
 
 
@@ -393,6 +394,7 @@ class RouterSpec(BaseModel):
     quantize: Literal["auto", "4bit", "none"] = "auto"
     batch_size: int = 8
     max_prompt_tokens: int | None = 4096
+    use_head: bool = True  # lora: decide with the adapter's decision head (decision_head.json) when it has one
     tau: float = 0.0
     default_model: str | None = None
     cost_per_query: dict[str, float] | None = Field(None, description="USD per query per model (overrides all)")
@@ -532,7 +534,7 @@ def load_router(spec: str | Path | Mapping[str, Any] | RouterSpec, *, train: Seq
             raise ValueError(f"{ad}: no adapter_config.json (not a LoRA adapter folder)")
         r: Router = LoRARouter(
             s.base_model, ad, mode=s.mode, device=s.device, quantize=s.quantize, batch_size=s.batch_size,
-            max_prompt_tokens=s.max_prompt_tokens, **common,
+            max_prompt_tokens=s.max_prompt_tokens, use_head=s.use_head, **common,
         )
     elif kind == "knn":
         from .router import KNNRouter
