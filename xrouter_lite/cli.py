@@ -210,6 +210,8 @@ def pairs_cmd(
         None, "--agentic-models", help="Agentic: comma-separated offered models (default: the pool minus models dominated on the training side)."
     ),
     val_fraction: float = typer.Option(0.0, "--val-fraction", min=0.0, max=0.9, help="Agentic: share of training questions kept out of every pair (where tau is tuned)."),
+    max_pairs_per_state: int = typer.Option(2, "--max-pairs-per-state", min=1, help="Agentic: rejected actions per decision state."),
+    max_agentic_pairs: Optional[int] = typer.Option(None, "--max-agentic-pairs", min=1, help="Agentic: cap of agentic rows (a seeded sample of questions)."),
 ) -> None:
     """Make DPO preference pairs (TRL conversational format) from the offline cache, with a cost-aware reward."""
     import os
@@ -252,7 +254,8 @@ def pairs_cmd(
             run_agentic_pairs(
                 cache, the_pool, cfg, AgenticConfig(max_calls=max_calls, reward=cfg.reward), out_dir or cache.parent,
                 offered=[m.strip() for m in agentic_models.split(",")] if agentic_models else None,
-                lam=agentic_lambda, val_fraction=val_fraction, tokenizer=tok, tokenizer_name=tokenizer, log=typer.echo,
+                lam=agentic_lambda, val_fraction=val_fraction, max_pairs_per_state=max_pairs_per_state,
+                max_rows=max_agentic_pairs, tokenizer=tok, tokenizer_name=tokenizer, log=typer.echo,
             )
         except (PairsInputError, PoolError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)

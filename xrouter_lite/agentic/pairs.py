@@ -43,7 +43,7 @@ def default_offered(pool: Pool, questions, cfg: AgenticConfig) -> list[str]:
 
 def run_agentic_pairs(cache: str | Path, pool: Pool, pcfg: PairsConfig, acfg: AgenticConfig, out_dir: str | Path,
                       *, offered: list[str] | None = None, lam: float = 0.1, margin: float = 0.01,
-                      max_pairs_per_state: int = 2, val_fraction: float = 0.0, tokenizer=None, tokenizer_name=None,
+                      max_pairs_per_state: int = 2, max_rows: int | None = None, val_fraction: float = 0.0, tokenizer=None, tokenizer_name=None,
                       log=print) -> dict:
     """Write the mixed pairs to ``out_dir/dpo_train_data.json`` (one-shot rows first, then agentic rows). With
     ``val_fraction`` a seeded part of the training questions gets no pair at all (neither kind): it is where the
@@ -80,7 +80,12 @@ def run_agentic_pairs(cache: str | Path, pool: Pool, pcfg: PairsConfig, acfg: Ag
                 if val_ids and json.loads(line).get("prompt_id") in val_ids:
                     continue
                 f.write(line)
-        for q in train:
+        rows_q = list(train)
+        if max_rows is not None:  # a seeded sample of questions, so the agentic rows stay under max_rows
+            random.Random(f"{pcfg.seed}\x1fagentic-rows").shuffle(rows_q)
+        for q in rows_q:
+            if max_rows is not None and n_rows >= max_rows:
+                break
             t = replay(q, iv.act, cfg.max_calls)
             strategies[t.strategy] = strategies.get(t.strategy, 0) + 1
             rng = random.Random(f"{pcfg.seed}\x1fagentic\x1f{q.prompt_id}")
