@@ -107,6 +107,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the han
 from .pool import ModelSpec, Pool, load_pool
 from .prompting import conversation_to_query
 from .router import BaseRouter, Decision
+from .agentic.serve_hook import AGENTIC_MODEL, agentic_chat, is_agentic_model  # agentic mode (issue 16)
 
 log = logging.getLogger("xrouter_lite.serve")
 
@@ -1088,7 +1089,9 @@ def create_app(
     async def models(request: Request):
         srv.check_auth(request)
         data = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "xrouter-lite",
-                 "description": "the trained router picks a pool model; 'router-<tau>' sets the cost knob"}]
+                 "description": "the trained router picks a pool model; 'router-<tau>' sets the cost knob"},
+                {"id": AGENTIC_MODEL, "object": "model", "created": 0, "owned_by": "xrouter-lite",
+                 "description": "agentic: calls models (two at once), reads the answers, selects or escalates"}]
         data += [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider_name, "tier": m.tier,
                   "input_price": m.input_price, "output_price": m.output_price} for m in pool]
         return {"object": "list", "data": data}
@@ -1113,6 +1116,8 @@ def create_app(
             req = srv.parse_request(data)
             messages = req.plain_messages()
             params = req.sampling_params()
+            if is_agentic_model(req.model):  # agentic mode (issue 16): xrouter_lite/agentic/serve_hook.py
+                return await agentic_chat(srv, req, messages, params, rid, t0)
             plan = await srv.plan(req, messages, params)
             headers_base = {"x-request-id": rid, "x-router-decision-ms": f"{plan.decision_s * 1000:.3f}"}
             if req.stream:

@@ -23,13 +23,16 @@ class AgenticConfig(BaseModel):
     be called two at once (the cheap ones: calling two premium models at once is never worth it on a price list).
     reward: R = R_binary x (K - min(lambda x C_total, cost_max)), C_total = all calls' cost over the priciest offered
     model's cost for the question (``normalized``). min_support: an information state seen on fewer training
-    questions than this stops calling (its value estimate is too noisy to pay for another call)."""
+    questions than this stops calling (its value estimate is too noisy to pay for another call). turn_penalty: a small
+    price on each turn of calls after the first (the user waits): between equal rewards, calling two models at once
+    beats calling them one after the other."""
 
     model_config = ConfigDict(extra="forbid")
     max_calls: int = Field(DEFAULT_MAX_CALLS, ge=1, le=4)
     pair_tiers: list[str] = Field(default_factory=lambda: ["budget", "standard"])
     reward: RewardConfig = RewardConfig(k=1.0, lam=0.3, cost_max=0.8)
     min_support: int = Field(8, ge=1)
+    turn_penalty: float = Field(0.001, ge=0, description="value lost per extra turn of calls (waiting)")
 
 
 @dataclass

@@ -46,7 +46,7 @@ def hindsight_values(q: Question, offered: Sequence[str], cfg: AgenticConfig, pa
         best = max((trajectory_reward(q, called, m, cfg) for m in called), default=0.0)
         for a in legal_actions(called, offered, pairable, cfg.max_calls):
             if not is_select_key(a):
-                best = max(best, v(S | set(action_models(a))))
+                best = max(best, v(S | set(action_models(a))) - (cfg.turn_penalty if called else 0.0))
         memo[S] = best
         return best
 
@@ -103,6 +103,8 @@ class InfoValues:
                 for q in qs:
                     parts[self.sig(q, new)].append(q)
                 qv[a] = sum(len(p) * self._solve(ds, p, tuple(new)) for p in parts.values()) / n
+                if called:
+                    qv[a] -= self.cfg.turn_penalty
         # ties: the cheaper action (select before call; then by mean cost)
         best = max(qv, key=lambda a: (round(qv[a], 12), -self.action_cost(a)))
         self.nodes[key] = Node(qv[best], best, n, qv)
