@@ -138,7 +138,5 @@ def test_live_agentic_select_escalate_failure_budget_stream(upstream):
         chunks = [json.loads(e) for e in events[:-1]]
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert text == "The answer is A" and chunks[-1]["router_metadata"]["routing_strategy"] == "select"
-        # a bad knob is a 400; the model list names the mode
+        # a bad knob is a 400
         assert _ask(srv, model="router-agentic-x").status_code == 400
-        ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
-        assert "router-agentic" in ids

@@ -107,7 +107,7 @@ from starlette.requests import Request  # module level: FastAPI resolves the han
 from .pool import ModelSpec, Pool, load_pool
 from .prompting import conversation_to_query
 from .router import BaseRouter, Decision
-from .agentic.serve_hook import AGENTIC_MODEL, agentic_chat, is_agentic_model  # agentic mode (issue 16)
+from .agentic.serve_hook import agentic_chat, is_agentic_model  # agentic mode (issue 16)
 
 log = logging.getLogger("xrouter_lite.serve")
 
@@ -1089,9 +1089,7 @@ def create_app(
     async def models(request: Request):
         srv.check_auth(request)
         data = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "xrouter-lite",
-                 "description": "the trained router picks a pool model; 'router-<tau>' sets the cost knob"},
-                {"id": AGENTIC_MODEL, "object": "model", "created": 0, "owned_by": "xrouter-lite",
-                 "description": "agentic: calls models (two at once), reads the answers, selects or escalates"}]
+                 "description": "the trained router picks a pool model; 'router-<tau>' sets the cost knob"}]
         data += [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider_name, "tier": m.tier,
                   "input_price": m.input_price, "output_price": m.output_price} for m in pool]
         return {"object": "list", "data": data}
