@@ -50,9 +50,10 @@ def _free_port():
 
 
 class Live:
-    def __init__(self, app):
+    def __init__(self, app, start_s: float = 20.0):
         import uvicorn
 
+        self.start_s = start_s
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
@@ -60,7 +61,7 @@ class Live:
 
     def __enter__(self):
         self.thread.start()
-        t = time.time() + 20
+        t = time.time() + self.start_s
         while not self.server.started:
             assert time.time() < t and self.thread.is_alive(), "server did not start"
             time.sleep(0.02)
@@ -140,3 +141,35 @@ def test_live_agentic_select_escalate_failure_budget_stream(upstream):
         assert text == "The answer is A" and chunks[-1]["router_metadata"]["routing_strategy"] == "select"
         # a bad knob is a 400
         assert _ask(srv, model="router-agentic-x").status_code == 400
+
+
+@pytest.mark.slow
+def test_live_agentic_with_the_real_lora_router(upstream, tmp_path):
+    """router-agentic with a real LoRA adapter on SmolLM2-135M (CPU): the server's own router scores every legal
+    action of each rendered state; whatever it decides, the trajectory is legal and fully reported."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xrouter_lite.assets import smollm2_path
+    from xrouter_lite.router import LoRARouter
+
+    base = str(smollm2_path())
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(str(tmp_path))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(tmp_path))
+    router = LoRARouter(base, tmp_path, device="cpu", quantize="none")
+    pool = Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=upstream.base_url, input_price=p[0],
+                           output_price=p[1], context_window=8192, max_output_tokens=512, tier=TIERS[m]) for m, p in PRICES.items()])
+    upstream.control(answers={"cheap": "A", "spare": "B", "strong": "A"}, script={})
+    with Live(create_app(pool=pool, router=router, settings=ServeSettings(upstream_timeout_s=5.0, router_timeout_s=300.0)), start_s=300) as srv:
+        for model in ("router-agentic", "router-agentic-1000"):
+            r = _ask(srv, model=model)
+            assert r.status_code == 200, r.text
+            md = r.json()["router_metadata"]
+            assert md["call_history"] and md["decisions"] and all(d["legal"] >= 1 for d in md["decisions"])
+            assert md["model_used"] in [c["model_id"] for c in md["call_history"]]
+            assert md["routing_strategy"] in ("direct", "select", "escalate")
+        # a huge tau makes every call dear: one call of the cheapest model, its answer returned
+        assert [c["model_id"] for c in md["call_history"]] == ["cheap"] and md["routing_strategy"] == "direct"
