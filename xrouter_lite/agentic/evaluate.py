@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..metrics import aiq
+from ..metrics import aiq, hull_value, ndch
 from ..pool import Pool
 from ..reward import RewardConfig
 from .baselines import DEAREST, agree_then_dearest, cheapest_first, oracle, per_task_rule
@@ -123,13 +123,21 @@ def evaluate_agentic(
 
     main = "agentic" if "agentic" in curves else "table"
     full = np.arange(n)
+
+    def margins(k, idx):
+        """main's hull (its own points, in accuracy over total cost) at each point of k, minus that point's accuracy"""
+        hull = ndch([(p["_cost"][idx].sum(), p["_ok"][idx].mean()) for p in curves[main]["points"]])
+        return [hull_value(hull, p["_cost"][idx].sum()) - p["_ok"][idx].mean() for p in curves[k]["points"]]
+
     rng = np.random.default_rng(seed)
     boots = {k: [] for k in curves if k not in (main, "oracle")}
+    mboots = {k: [] for k in boots}
     for _ in range(bootstrap):
         idx = rng.integers(0, n, n)
         a = aiq_of(main, idx)
         for k in boots:
             boots[k].append(a - aiq_of(k, idx))
+            mboots[k].append(margins(k, idx))
     ref_cost = float(cost_single[di].sum())
     report = {
         "n_test": n, "n_train": len(train), "dearest": dearest, "dearest_accuracy": float(ok_single[di].mean()),
@@ -145,6 +153,11 @@ def evaluate_agentic(
     for k, b in boots.items():
         b = sorted(b)
         report["aiq_vs"][k] = {"diff": aiq_of(main, full) - aiq_of(k, full), "ci95": [b[int(0.025 * len(b))], b[int(0.975 * len(b)) - 1]]}
+        mb = np.array(mboots[k])  # [bootstrap, points]
+        report["aiq_vs"][k]["margin_at_points"] = [
+            {"knob": p["knob"], "cost_share": p["total_cost"] / ref_cost, "accuracy": p["accuracy"], "margin": m,
+             "ci95": [float(np.quantile(mb[:, j], 0.025)), float(np.quantile(mb[:, j], 0.975))]}
+            for j, (p, m) in enumerate(zip(curves[k]["points"], margins(k, full)))]
     if pick is not None:
         tp = next(p for p in curves["table"]["points"] if p["knob"] == pick["knob"])
         report["table_operating_point"] = {"lam_on_validation": pick["knob"], "validation": _strip(pick), "test": _strip(tp)}
@@ -182,6 +195,9 @@ def format_report(rep: dict) -> str:
             )
     for k, v in rep["aiq_vs"].items():
         lines.append(f"  AIQ {rep['main']} - {k}: {v['diff']:+.4f}  95% CI [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]")
+        for m in v.get("margin_at_points", []):
+            lines.append(f"      at {k} point {str(m['knob'])[:12]} ({m['accuracy']:.1%} at {m['cost_share']:.0%}): {rep['main']} hull "
+                         f"{100 * m['margin']:+.1f} pt [{100 * m['ci95'][0]:+.1f}, {100 * m['ci95'][1]:+.1f}]")
     if "table_operating_point" in rep:
         o = rep["table_operating_point"]
         lines.append(f"  table: lambda {o['lam_on_validation']} chosen on validation -> test acc {o['test']['accuracy']:.1%} at {o['test']['total_cost'] / ref:.0%}")
