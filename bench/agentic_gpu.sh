@@ -18,7 +18,7 @@ for s in 0 1 2; do
     $PY -m xrouter_lite.cli pairs $W/cache.jsonl --pool configs/pool_routerbench.yaml -o $W/s$s --agentic --full-pool \
       --max-pairs-per-prompt 1 --lambda 0 --eval-fraction 0.2 --seed $s --val-fraction 0.2 --tokenizer none \
       --agentic-models $MODELS --agentic-lambda ${LAM:-0.1} --max-pairs-per-state 1 --max-agentic-pairs ${MAXA:-2200}
-    $PY -m xrouter_lite.cli train $W/s$s/dpo_train_data.json --model models/SmolLM2-135M-Instruct -o $W/s$s/adapter \
+    $PY -m xrouter_lite.cli train $W/s$s/dpo_train_data.json --model ${XROUTER_LITE_MODELS:-models}/SmolLM2-135M-Instruct -o $W/s$s/adapter \
       --epochs 1 --max-steps ${STEPS:-180} --set load_in_4bit=true --set recipe=packed --set precompute_ref_log_probs=true \
       --set per_device_train_batch_size=16 --set gradient_accumulation_steps=1 --set gradient_checkpointing=false \
       --set learning_rate=2.0e-4 --set logging_steps=20 --set save_steps=100000 --set report_to=[] --set seed=42
