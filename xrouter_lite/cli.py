@@ -276,6 +276,16 @@ def pairs_cmd(
         None, "--max-prompt-tokens", min=1, help="Router prompts longer than this are skipped and counted, never truncated (default: 4096)."
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first bad cache line instead of skipping and counting it."),
+    agentic: bool = typer.Option(
+        False, "--agentic", help="Also write agentic pairs (multi-call states, exact values from the cache), mixed with the one-shot pairs."
+    ),
+    agentic_lambda: float = typer.Option(0.1, "--agentic-lambda", help="Agentic: lambda of R = R_binary x (K - min(lambda x C_total, cost_max))."),
+    max_calls: int = typer.Option(3, "--max-calls", min=1, max=4, help="Agentic: most model calls per question."),
+    agentic_models: Optional[str] = typer.Option(
+        None, "--agentic-models", help="Agentic: comma-separated offered models (default: the pool minus models dominated on the training side)."
+    ),
+    max_pairs_per_state: int = typer.Option(2, "--max-pairs-per-state", min=1, help="Agentic: rejected actions per decision state."),
+    max_agentic_pairs: Optional[int] = typer.Option(None, "--max-agentic-pairs", min=1, help="Agentic: cap of agentic rows (a seeded sample of questions)."),
 ) -> None:
     """Make DPO preference pairs (TRL conversational format) from the offline cache, with a cost-aware reward."""
     import os
@@ -302,6 +312,21 @@ def pairs_cmd(
     tok = load_count_tokenizer(tokenizer)
     if tok is None:
         typer.echo("note: --tokenizer none: prompt lengths are neither counted nor capped", err=True)
+    if agentic:
+        from .agentic.pairs import run_agentic_pairs
+        from .agentic.state import AgenticConfig
+
+        try:
+            run_agentic_pairs(
+                cache, the_pool, cfg, AgenticConfig(max_calls=max_calls, reward=cfg.reward), out_dir or cache.parent,
+                offered=[m.strip() for m in agentic_models.split(",")] if agentic_models else None,
+                lam=agentic_lambda, val_fraction=val_fraction or 0.0, max_pairs_per_state=max_pairs_per_state,
+                max_rows=max_agentic_pairs, tokenizer=tok, tokenizer_name=tokenizer, log=typer.echo,
+            )
+        except (PairsInputError, PoolError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        return
     try:
         rep = run_pairs(cache, the_pool, cfg, out_dir=out_dir or cache.parent, tokenizer=tok, tokenizer_name=tokenizer)
     except PairsInputError as e:
@@ -442,6 +467,13 @@ def eval_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random baseline and of --max-queries (default: 0)."),
     online: bool = typer.Option(False, "--online", help="Call the chosen models for real and grade their answers."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not draw curve.png."),
+    agentic: bool = typer.Option(
+        False, "--agentic", help="Agentic mode: replay multi-call policies on --test-cache (needs --train-cache: the whole offline cache)."
+    ),
+    max_calls: int = typer.Option(3, "--max-calls", min=1, max=4, help="Agentic: most model calls per question."),
+    agentic_models: Optional[str] = typer.Option(None, "--agentic-models", help="Agentic: comma-separated offered models."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Agentic: validation share of the training side (as in pairs)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Agentic: paired-bootstrap resamples of the AIQ differences."),
 ) -> None:
     """Evaluate a router (--router NAME or --adapter DIR) against baselines: accuracy, total cost, curves
     (report.json/.md, curve.png, decisions.jsonl with every question's scores and costs)."""
@@ -449,6 +481,26 @@ def eval_cmd(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if agentic:
+        from .agentic.evaluate import run_eval_cli
+
+        if test_cache is None or train_cache is None:
+            typer.echo("error: eval --agentic needs --test-cache and --train-cache", err=True)
+            raise typer.Exit(2)
+        try:
+            text = run_eval_cli(
+                train_cache=train_cache, test_cache=test_cache, pool=pool or "configs/pool_routerbench.yaml",
+                out_dir=out or "runs/eval_agentic", adapter=adapter, base_model=base_model, max_calls=max_calls,
+                models=[m.strip() for m in agentic_models.split(",")] if agentic_models else None,
+                taus=[float(x) for x in taus.split(",") if x.strip()] if taus else None, seed=seed or 0,
+                val_fraction=val_fraction, bootstrap=bootstrap, batch_size=batch_size or 8, device=device,
+                max_queries=max_queries, log=lambda m: typer.echo(m, err=True),
+            )
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(text)
+        return
     from .config import ConfigError
     from .evaluate import check_config, evaluate, load_config
 

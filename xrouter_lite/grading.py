@@ -42,6 +42,7 @@ __all__ = [
     "extract_choice",
     "normalize_number",
     "gsm8k_gold",
+    "read_answer",
 ]
 
 
@@ -340,3 +341,28 @@ def _norm_text(s: str) -> str:
     s = s.strip(" \"'`")
     s = s.rstrip(".!?;:,")
     return s.strip()
+
+
+# ---- reading an answer without knowing the task (agentic mode) --------------------------------------------------
+
+_CODE_RE = re.compile(r"```|^\s*(?:def|class|import|from)\s", re.MULTILINE)
+
+
+def read_answer(response: str | None, task: str | None = None) -> str | None:
+    """What an answer says, for comparing answers (agreement), never for grading: no reference is used.
+
+    With a known ``task`` this is ``extract_answer``. Without one (serving): the option letter when one is read
+    (``extract_choice``), else the final number (``extract_number``) when the response is not code, else None.
+    Code and free text read as None (two such answers never count as agreeing)."""
+    if response is None or not str(response).strip():
+        return None
+    text = str(response)
+    if task is not None and task in GRADABLE_TASKS and task != "math":
+        return extract_answer(task, text)
+    if task == "code" or _CODE_RE.search(text):
+        return None
+    letter = extract_choice(text)
+    if letter is not None:
+        return letter
+    n = extract_number(text)
+    return None if n is None else _fmt_fraction(n)

@@ -310,3 +310,242 @@ def prompt_from_example(example: dict[str, Any]) -> RouterPrompt:
         offered=offered,
         tool_to_model=dict(zip(names, offered)),
     )
+
+
+# =====================================================================================================================
+# Agentic mode (issue 16): the router may call one or two models at once, read their answers, then call again or
+# select one earlier answer. One state format for training (pairs --agentic), evaluation (replay) and serving.
+# Nothing above changes: a one-model call is written exactly as the one-shot action.
+# =====================================================================================================================
+
+AGENTIC_SYSTEM_PROMPT = (
+    "You are a cost-aware model router working in turns. Read the user's query; call one of the offered models "
+    "(the tools), or two at once, read their answers, then either call another model or pick one earlier answer "
+    "with select_response. Every call is paid for: call a cheap model when it will likely be right, and a stronger, "
+    "pricier one only when the answers so far disagree or look unreliable. "
+    "Reply with exactly one tool call (two tool calls to call two models at once) and nothing else."
+)
+SELECT_TOOL = "select_response"
+AGENTIC_ANSWER_WORDS = 60  # each answer the router reads is cut to this many words; the cut is written out
+DEFAULT_MAX_CALLS = 3
+
+
+@dataclass
+class AgenticCall:
+    """One model call the router made: the model, its answer (or error), its cost in USD and latency."""
+
+    model_id: str
+    response: str | None
+    cost: float = 0.0
+    latency_s: float = 0.0
+    error: str | None = None
+    read: str | None = None  # what the answer says (grading.read_answer), shown to the router; never a grade
+
+
+def select_tool_schema() -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": SELECT_TOOL,
+            "description": "Return the answer of one earlier call as the final answer (costs nothing).",
+            "parameters": {
+                "type": "object",
+                "properties": {"model_call_name": {"type": "string", "description": "the call_<model> name of an earlier call"}},
+                "required": ["model_call_name"],
+            },
+        },
+    }
+
+
+def cut_answer(text: str | None, max_words: int = AGENTIC_ANSWER_WORDS) -> str:
+    """An answer cut to ``max_words`` words (whitespace-separated, tokenizer-independent); the cut is visible."""
+    if text is None:
+        return ""
+    words = str(text).split()
+    if len(words) <= max_words:
+        return " ".join(words)
+    return " ".join(words[:max_words]) + f" [... cut: {len(words) - max_words} more words]"
+
+
+def is_select_key(key: str) -> bool:
+    return key.startswith(SELECT_TOOL + ":")
+
+
+def action_models(key: str) -> list[str]:
+    """The models of an agentic action key: ``"m"`` (call m), ``"m1 + m2"`` (call both at once) or
+    ``"select_response:m"`` (pick m's earlier answer)."""
+    if is_select_key(key):
+        return [key.split(":", 1)[1]]
+    return key.split(" + ")
+
+
+def call_key(models: Sequence[str]) -> str:
+    return " + ".join(models)
+
+
+def select_key(model_id: str) -> str:
+    return f"{SELECT_TOOL}:{model_id}"
+
+
+def agentic_action_text(key: str) -> str:
+    """The exact answer text of an agentic action key (see ``action_models``). A one-model call is exactly
+    ``action_text(model)`` (the one-shot action); two models are two tool calls, one per line."""
+    if is_select_key(key):
+        m = key.split(":", 1)[1]
+        return "<tool_call>\n" + json.dumps({"name": SELECT_TOOL, "arguments": {"model_call_name": tool_name(m)}}) + "\n</tool_call>"
+    return "\n".join(action_text(m) for m in action_models(key))
+
+
+def encode_agentic_action(tokenizer, key: str) -> list[int]:
+    """Token ids of an agentic action, closed by the end-of-turn token (what training and scoring use)."""
+    return tokenizer(agentic_action_text(key) + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
+
+
+def _call_block(c: AgenticCall, max_words: int) -> str:
+    if c.error is not None:
+        body = f"error: {cut_answer(c.error, 20)} (no answer; this call is skipped)"
+    else:
+        read = c.read if c.read is not None else "none"
+        body = f"answer read: {read}\nanswer: {cut_answer(c.response, max_words)}"
+    return f"<tool_response>\n{tool_name(c.model_id)} (cost {c.cost:.6f} USD)\n{body}\n</tool_response>"
+
+
+def _agreement_line(calls: Sequence[AgenticCall]) -> str:
+    reads = [c.read for c in calls if c.error is None]
+    known = [r for r in reads if r is not None]
+    if len(known) < 2:
+        return "Agreement: fewer than two answers could be read."
+    top = max(set(known), key=known.count)
+    n = known.count(top)
+    if n == len(reads):
+        return f"Agreement: all {n} answers read {top}."
+    return f"Agreement: {n} of {len(reads)} answers read {top}; the answers disagree."
+
+
+def build_agentic_prompt(
+    query: str | Sequence[dict[str, Any]],
+    offered: Sequence[ModelSpec],
+    turns: Sequence[Sequence[AgenticCall]] = (),
+    max_calls: int = DEFAULT_MAX_CALLS,
+    max_words: int = AGENTIC_ANSWER_WORDS,
+) -> RouterPrompt:
+    """The router's state in agentic mode: the query, the offered models with prices (the tools, plus
+    ``select_response``), and every earlier turn: the router's own tool call(s) as an assistant message and the
+    answers as a ``<tool_response>`` user message (Qwen2.5's multi-turn tool format, written out so every chat
+    template renders the same text). The last message says how many calls are left and whether the answers read
+    so far agree. Rendered by ``render_prompt`` like the one-shot prompt."""
+    base = build_router_prompt(query, offered)
+    used = sum(len(t) for t in turns)
+    left = max(0, max_calls - used)
+    messages = [
+        {"role": "system", "content": AGENTIC_SYSTEM_PROMPT},
+        {"role": "user", "content": base.messages[-1]["content"] + f"\n\n(Agentic mode: at most {max_calls} model calls.)"},
+    ]
+    done: list[AgenticCall] = []
+    for t in turns:
+        if not t:
+            continue
+        messages.append({"role": "assistant", "content": agentic_action_text(call_key([c.model_id for c in t]))})
+        done.extend(t)
+        status = f"Calls used: {used} of {max_calls}" + ("; no call left, select an answer." if left == 0 else f"; {left} left.")
+        blocks = "\n".join(_call_block(c, max_words) for c in t)
+        if t is turns[-1]:
+            blocks += "\n" + status + "\n" + _agreement_line(done)
+        messages.append({"role": "user", "content": blocks})
+    tools = base.tools + [select_tool_schema()]
+    return RouterPrompt(
+        messages=messages, tools=tools, offered=list(base.offered),
+        tool_to_model={**base.tool_to_model},
+    )
+
+
+def parse_agentic_action(text: str, prompt: RouterPrompt, called: Sequence[str] = ()) -> str:
+    """Read a generated agentic answer back into an action key: one or two ``call_<model>`` tool calls, or one
+    ``select_response`` naming an earlier call. Strict, like ``parse_action`` (ActionParseError otherwise)."""
+    t = text.strip()
+    for s in _TRAILING_SPECIALS:
+        t = t.replace(s, "")
+    calls = _TOOL_CALL_RE.findall(t)
+    if not calls:
+        raise ActionParseError("unclosed_call" if "<tool_call>" in t else "no_call", f"{text[:200]!r}")
+    if len(calls) > 2:
+        raise ActionParseError("multiple_calls", f"{len(calls)} tool calls; at most two at once")
+    objs = []
+    for c in calls:
+        try:
+            obj = json.loads(c)
+        except json.JSONDecodeError as e:
+            raise ActionParseError("bad_json", f"{e.msg}: {c[:200]!r}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            raise ActionParseError("bad_json", f"no string 'name': {c[:200]!r}")
+        objs.append(obj)
+    if any(o["name"] == SELECT_TOOL for o in objs):
+        if len(objs) != 1:
+            raise ActionParseError("multiple_calls", "select_response must be the only tool call")
+        name = (objs[0].get("arguments") or {}).get("model_call_name")
+        m = prompt.tool_to_model.get(name) if isinstance(name, str) else None
+        if m is None or m not in called:
+            raise ActionParseError("not_offered", f"select_response of {name!r}, which is not an earlier call")
+        return select_key(m)
+    models = []
+    for o in objs:
+        m = prompt.tool_to_model.get(o["name"])
+        if m is None:
+            raise ActionParseError("unknown_tool" if not o["name"].startswith("call_") else "not_offered", o["name"])
+        if m in called or m in models:
+            raise ActionParseError("not_offered", f"{m!r} was already called")
+        models.append(m)
+    return call_key(models)
+
+
+def agentic_dpo_example(
+    query: str,
+    offered: Sequence[ModelSpec],
+    turns: Sequence[Sequence[AgenticCall]],
+    chosen: str,
+    rejected: str,
+    max_calls: int = DEFAULT_MAX_CALLS,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One agentic preference row (TRL conversational format, like ``dpo_example``): the state's messages, the
+    chosen and rejected action texts, the tools. ``chosen_model``/``rejected_model`` hold action keys and
+    ``offered_models`` the offered ids, followed by every action key of the row (``agentic: true``)."""
+    p = build_agentic_prompt(query, offered, turns, max_calls)
+    return {
+        "prompt": p.messages,
+        "chosen": [{"role": "assistant", "content": agentic_action_text(chosen)}],
+        "rejected": [{"role": "assistant", "content": agentic_action_text(rejected)}],
+        "tools": json.dumps(p.tools, ensure_ascii=False),
+        "offered_models": p.offered,
+        "chosen_model": chosen,
+        "rejected_model": rejected,
+        "agentic": True,
+        **extra,
+    }
+
+
+def any_action_text(key: str) -> str:
+    """``action_text`` for a model id, ``agentic_action_text`` for an agentic action key (training reads both)."""
+    return agentic_action_text(key)
+
+
+def encode_any_action(tokenizer, key: str) -> list[int]:
+    return encode_agentic_action(tokenizer, key)
+
+
+def prompt_from_any_example(example: dict[str, Any]) -> RouterPrompt:
+    """``prompt_from_example`` that also reads agentic rows (their tools end with ``select_response``; their
+    chosen/rejected action keys count as offered)."""
+    if not example.get("agentic"):
+        return prompt_from_example(example)
+    tools = example["tools"]
+    tools = json.loads(tools) if isinstance(tools, str) else list(tools)
+    offered = list(example["offered_models"])
+    names = [t["function"]["name"] for t in tools if t["function"]["name"] != SELECT_TOOL]
+    if len(names) != len(offered):
+        raise ValueError(f"row {example.get('prompt_id')!r}: {len(names)} tools but {len(offered)} offered models")
+    keys = [example["chosen_model"], example["rejected_model"]]
+    return RouterPrompt(
+        messages=[dict(m) for m in example["prompt"]], tools=tools,
+        offered=offered + [k for k in keys if k not in offered], tool_to_model=dict(zip(names, offered)),
+    )

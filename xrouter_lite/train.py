@@ -58,11 +58,13 @@ from .config import ConfigError
 from .prompting import (
     DEFAULT_MAX_PROMPT_TOKENS,
     PromptTooLongError,
-    action_text,
-    encode_action,
     encode_prompt,
-    prompt_from_example,
 )
+# The any_* twins read one-shot and agentic rows (pairs --agentic) alike; for a one-shot row they return exactly what
+# action_text / encode_action / prompt_from_example return (same text, same token ids).
+from .prompting import any_action_text as action_text
+from .prompting import encode_any_action as encode_action
+from .prompting import prompt_from_any_example as prompt_from_example
 
 logger = logging.getLogger("xrouter_lite.train")
 

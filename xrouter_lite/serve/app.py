@@ -27,6 +27,7 @@ from ..prompting import conversation_to_query
 from ..router import BaseRouter, Decision
 from .batcher import DecisionBatcher, QueueFullError
 from .budget import BudgetLedger, estimate_costs, estimate_prompt_tokens
+from ..agentic.serve_hook import agentic_chat, is_agentic_model
 from .decision_log import DecisionLog
 from .protocol import (
     ROUTER_MODEL,
@@ -533,6 +534,8 @@ def create_app(
             req = parse_chat_request(await srv.read_json(request))
             messages = req.plain_messages()
             params = req.sampling_params()
+            if is_agentic_model(req.model):  # agentic mode (issue 16): xrouter_lite/agentic/serve_hook.py
+                return await agentic_chat(srv, req, messages, params, rid, t0)
             plan = await srv.plan(req, messages, params, rid)
             headers_base = {"x-request-id": rid, "x-router-decision-ms": f"{plan.decision_s * 1000:.3f}"}
             if req.stream:

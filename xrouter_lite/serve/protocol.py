@@ -15,7 +15,8 @@ from .settings import validation_text
 ROUTER_MODEL = "router"
 
 # Fields the server reads itself (``models`` and ``max_cost_usd`` are its extras: ``extra_body=`` in the client).
-SERVER_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n", "models", "max_cost_usd"})
+SERVER_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "n", "models", "max_cost_usd",
+                           "max_calls"})  # max_calls: model "router-agentic" only (xrouter_lite/agentic/serve_hook.py)
 # Fields passed on to the chosen model unchanged (llm's list of request knobs, less those the server refuses).
 PASS_FIELDS = REQUEST_KNOBS - {"n", "logprobs", "top_logprobs"}
 # Fields refused with a reason; any other field not in SERVER_FIELDS or PASS_FIELDS is refused as unknown.
