@@ -40,21 +40,26 @@ def test_pyproject_declares_package_data_and_every_imported_library():
 
 @pytest.mark.slow  # builds a wheel and installs it with its dependencies into a fresh venv (minutes)
 def test_wheel_installs_a_working_cli_with_its_configs(tmp_path):
+    import shutil
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the source tree on the path
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "models", "build", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels)], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheels)], check=True, cwd=tmp_path, env=env)
     (whl,) = wheels.glob("xrouter_lite-*.whl")
     names = zipfile.ZipFile(whl).namelist()
     assert "xrouter_lite/configs/pool_routerbench.yaml" in names and "xrouter_lite/py.typed" in names
     assert any(n.endswith("licenses/LICENSE") for n in names)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
     py = venv / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(whl)], check=True,
-                   cwd=tmp_path, timeout=1800)
+                   cwd=tmp_path, timeout=1800, env=env)
     work = tmp_path / "elsewhere"  # no configs/ here, and not the source tree
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     cli = venv / "bin" / "xrouter-lite"
     res = subprocess.run([str(cli), "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "pairs" in res.stdout, res.stderr

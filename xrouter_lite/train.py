@@ -48,6 +48,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
@@ -373,10 +374,22 @@ def _trainer_classes():
     from torch.utils.data import DataLoader
     from transformers import TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
+    import trl.trainer.utils as trl_utils
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
 
-    from .packing import CHOSEN, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, sequence_logps
+    from .packing import CHOSEN, IGNORE, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, sequence_logps
+
+    # TRL >= 1.15 patches the model with a fused LM head (log-probs at the scored positions only). Older TRL (1.14,
+    # the newest on Python 3.10) has none: the packed recipe then takes the same log-probs from the full logits.
+    fused_lm_head = hasattr(trl_utils, "add_fused_lm_head")
+
+    def log_probs_from_logits(logits, shift_labels):
+        scored = shift_labels != IGNORE
+        lp = torch.zeros(shift_labels.shape, dtype=torch.float32, device=logits.device)
+        sel = logits[scored].float()  # only the answer positions (tens per row) go through log_softmax
+        lp[scored] = torch.log_softmax(sel, dim=-1).gather(-1, shift_labels[scored].unsqueeze(-1)).squeeze(-1)
+        return SimpleNamespace(log_probs=lp, entropy=None, mean_logits=None, is_top1=None)
 
     class _RouterDPOTrainer(DPOTrainer):
         """TRL's DPOTrainer taking pre-tokenised router pairs; ``packed=True`` runs one row per pair (the prompt
@@ -452,6 +465,10 @@ def _trainer_classes():
         def _packed_forward(self, model, inputs):
             dtype = self.accelerator.unwrap_model(self.model).dtype
             mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype)
+            if not fused_lm_head:
+                out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
+                            use_cache=False)
+                return log_probs_from_logits(out.logits, inputs["shift_labels"])
             return model(
                 input_ids=inputs["input_ids"],
                 attention_mask=mask,
