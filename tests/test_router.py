@@ -337,3 +337,23 @@ def test_prefix_cache_is_bounded_lru(router, pool_rb):
         assert small.cache.bytes <= small.cache.max_bytes
     st = small.cache.stats()
     assert st["entries"] <= 2 and st["evictions"] >= 2
+
+
+@pytest.mark.parametrize("which", ["smollm2", "qwen"])
+def test_fast_prompt_encoding_gives_the_same_tokens(which, smol_tokenizer, pool_rb):
+    """The prefix finder tokenises only the question's part per decision: the ids equal encode_prompt's."""
+    from xrouter_lite.prefix_cache import PrefixFinder
+    from xrouter_lite.qwen import qwen_tokenizer
+
+    tok = smol_tokenizer if which == "smollm2" else qwen_tokenizer()
+    f = PrefixFinder(tok)
+    qs = [*QUERIES, " lead space", "\n\nnewlines first", "trailing  \n", "ünïcödé 数学 题", "<|im_end|>x<|im_start|>",
+          "", "tab\tsep", [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"},
+                          {"role": "user", "content": "now"}]]
+    for off in (pool_rb.subset(THREE), list(pool_rb)):
+        for q in qs:
+            p = P.build_router_prompt(q, off)
+            assert f.encode(p) == P.encode_prompt(tok, p), q
+        assert f._plan(p) is not None  # the fast path is really taken
+    with pytest.raises(P.PromptTooLongError):
+        f.encode(P.build_router_prompt(QUERIES[0], list(pool_rb)), max_prompt_tokens=50)

@@ -36,6 +36,7 @@ from .prompting import RouterPrompt, render_prompt
 
 DEFAULT_PREFIX_CACHE_MB = 256.0
 _PROBES = ("x", "7 y")
+_MARK = "\u27e6xrouter-question\u27e7"
 
 
 def common_prefix_len(a, b) -> int:
@@ -61,6 +62,7 @@ class PrefixFinder:
         self.tokenizer = tokenizer
         self.max_entries = max_entries
         self._memo: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._plans: OrderedDict[str, Any] = OrderedDict()
 
     def prefix_ids(self, prompt: RouterPrompt) -> tuple[int, ...]:
         key = json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
@@ -80,6 +82,56 @@ class PrefixFinder:
         if len(self._memo) > self.max_entries:
             self._memo.popitem(last=False)
         return ids
+
+    def encode(self, prompt: RouterPrompt, max_prompt_tokens: int | None = None) -> list[int]:
+        """Exactly ``prompting.encode_prompt(tokenizer, prompt, max_prompt_tokens)``, faster: the rendered text is
+        the static text, then the question, then the static end; a tokenizer splits its text at special tokens
+        before anything else, so the part up to the last special token before the question is tokenised once per
+        offered set and only the rest per decision. Used only where a check on probe questions (with leading and
+        trailing whitespace) shows that rendering inserts the question verbatim and that the split tokenises
+        identically; otherwise (or for a question containing the marker) the whole prompt is tokenised."""
+        from .prompting import PromptTooLongError, encode_prompt
+
+        plan = self._plan(prompt)
+        q = prompt.messages[-1]["content"]
+        if plan is None or _MARK in q:
+            return encode_prompt(self.tokenizer, prompt, max_prompt_tokens)
+        static_ids, head, tail = plan
+        ids = static_ids + self.tokenizer(head + q + tail, add_special_tokens=False)["input_ids"]
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise PromptTooLongError(len(ids), max_prompt_tokens)
+        return ids
+
+    def _plan(self, prompt: RouterPrompt):
+        key = "plan\x1f" + json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        tok = self.tokenizer
+
+        def render(q):
+            p = RouterPrompt(messages=[*(dict(m) for m in prompt.messages[:-1]), {"role": "user", "content": q}],
+                             tools=prompt.tools, offered=prompt.offered, tool_to_model=prompt.tool_to_model)
+            return render_prompt(tok, p)
+
+        plan = None
+        marked = render(_MARK)
+        if marked.count(_MARK) == 1:
+            before, after = marked.split(_MARK)
+            specials = [t for t in getattr(tok, "added_tokens_encoder", {}) if t and t in before]
+            cut = max((before.rfind(t) + len(t) for t in specials), default=0)
+            static_ids = tok(before[:cut], add_special_tokens=False)["input_ids"] if cut else []
+            ok = True
+            for probe in (" x \n", "\n\n7 y", "<|im_end|> z"):
+                full = tok(render(probe), add_special_tokens=False)["input_ids"]
+                fast = static_ids + tok(before[cut:] + probe + after, add_special_tokens=False)["input_ids"]
+                ok = ok and render(probe) == before + probe + after and full == fast
+            if ok:
+                plan = (list(static_ids), before[cut:], after)
+        self._plans[key] = plan
+        if len(self._plans) > self.max_entries:
+            self._plans.popitem(last=False)
+        return plan
 
     def reusable_len(self, prompt: RouterPrompt, prompt_ids) -> int:
         """How many leading tokens of ``prompt_ids`` are the static prefix (at most ``len(prompt_ids) - 1``)."""
@@ -377,10 +429,13 @@ class PrefixScorer:
             "ft": torch.zeros((F,), dtype=torch.long, device=dev),
         }
         zeros = torch.zeros((F,), dtype=torch.long, device=dev)
+        cache = make_dynamic_cache(kv, 1)  # built outside the capture (its lazy init allocates from the host)
 
         def run():
+            for layer, (k, v) in zip(cache.layers, kv):  # the static buffers, before this forward appends to them
+                layer.keys, layer.values = k, v
             out = self.model(input_ids=st["ids"], attention_mask=st["mask"], position_ids=st["pos"],
-                             past_key_values=make_dynamic_cache(kv, 1), use_cache=True, logits_to_keep=keep)
+                             past_key_values=cache, use_cache=True, logits_to_keep=keep)
             logits = out.logits
             return logits[zeros, st["fw"], st["ft"]].float() - torch.logsumexp(logits[0].float(), dim=-1)[st["fw"]]
 

@@ -732,7 +732,10 @@ class LoRARouter(CostAwareRouter):
             costs = self.costs_for(it.query, off)
             prompt = build_router_prompt(it.query, off)
             try:
-                ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
+                if self.prefix_scorer is not None:  # same ids, the static part tokenised once per offered set
+                    ids = self.prefix_scorer.finder.encode(prompt, self.max_prompt_tokens)
+                else:
+                    ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
             except PromptTooLongError as e:
                 results[i] = self._invalid(f"prompt_too_long: {e}", off, costs, t0)
                 continue
