@@ -106,6 +106,9 @@ class TrainConfig(BaseModel):
 
     # DPO
     recipe: Literal["packed", "trl"] = Field("packed", description="packed: one row per pair (prompt once); trl: TRL's two rows")
+    share_prefix: bool = Field(
+        True, description="packed: pairs of a batch offered the same models share one forward of the static prompt prefix"
+    )
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
     precompute_ref_log_probs: bool = Field(True, description="reference log-probs once before training (adapter disabled)")
@@ -297,9 +300,13 @@ def tokenize_pairs(
     pairs. A row whose stored answer text is not ``action_text(model)`` is an error (format drift)."""
     from .packing import packed_length
 
-    cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": []}
+    from .prefix_cache import PrefixFinder
+
+    finder = PrefixFinder(tokenizer)
+    cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": [], "prefix_len": []}
     out = TokenizedPairs(columns=cols)
     prompt_cache: dict[str, list[int] | PromptTooLongError] = {}
+    prefix_cache: dict[str, int] = {}
     action_cache: dict[str, list[int]] = {}
     items = enumerate(rows, 1) if isinstance(rows, list) else rows
     for lineno, row in items:
@@ -352,6 +359,9 @@ def tokenize_pairs(
         cols["chosen_ids"].append(ans[0])
         cols["rejected_ids"].append(ans[1])
         cols["length"].append(packed_length(len(ids), len(ans[0]), len(ans[1])))
+        if key not in prefix_cache:  # the question-independent tokens (system text + tools): shared in a batch
+            prefix_cache[key] = finder.reusable_len(prompt, ids)
+        cols["prefix_len"].append(prefix_cache[key])
     return out
 
 
@@ -379,7 +389,7 @@ def _trainer_classes():
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
 
-    from .packing import CHOSEN, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, sequence_logps
+    from .packing import CHOSEN, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, per_pair_sum, sequence_logps
 
     class _RouterDPOTrainer(DPOTrainer):
         """TRL's DPOTrainer taking pre-tokenised router pairs; ``packed=True`` runs one row per pair (the prompt
@@ -389,12 +399,14 @@ def _trainer_classes():
             self,
             *args,
             packed: bool = True,
+            share_prefix: bool = False,
             group_by_length: bool = False,
             ref_cache_dir: str | None = None,
             ref_cache_key: str | None = None,
             **kwargs,
         ):
             self.packed = packed
+            self.share_prefix = packed and share_prefix
             self.group_by_length = group_by_length
             self.ref_cache_dir = ref_cache_dir
             self.ref_cache_key = ref_cache_key
@@ -417,7 +429,8 @@ def _trainer_classes():
                     if tok.pad_token is None:
                         tok.pad_token = tok.eos_token
                     kwargs["data_collator"] = PackedPreferenceCollator(
-                        pad_token_id=tok.pad_token_id, pad_to_multiple_of=dpo_args.pad_to_multiple_of
+                        pad_token_id=tok.pad_token_id, pad_to_multiple_of=dpo_args.pad_to_multiple_of,
+                        share_prefix=self.share_prefix,
                     )
                 model = kwargs.get("model", args[0] if args else None)
                 self._attn_impl = model.config._attn_implementation
@@ -440,8 +453,9 @@ def _trainer_classes():
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
-            if "length" not in self._signature_columns:
-                self._signature_columns = list(self._signature_columns) + ["length"]
+            for col in ("length", "prefix_len"):
+                if col not in self._signature_columns:
+                    self._signature_columns = list(self._signature_columns) + [col]
 
         def _get_train_sampler(self, *args, **kwargs):
             ds = self.train_dataset
@@ -454,7 +468,7 @@ def _trainer_classes():
         # -- the packed forward
         def _packed_forward(self, model, inputs):
             dtype = self.accelerator.unwrap_model(self.model).dtype
-            mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype)
+            mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype, inputs.get("pair_ids"))
             return model(
                 input_ids=inputs["input_ids"],
                 attention_mask=mask,
@@ -474,7 +488,13 @@ def _trainer_classes():
             # no need to switch checkpointing off: non-reentrant checkpointing under no_grad just runs the layer
             with torch.no_grad(), ctx, self.accelerator.autocast():
                 out = self._packed_forward(model if self.ref_model is None else self.ref_model, inputs)
-            return sequence_logps(out.log_probs, inputs["shift_labels"], inputs["segment_ids"])
+            return self._pair_logps(out, inputs)
+
+        def _pair_logps(self, outputs, inputs):
+            """(chosen, rejected) log-prob sums per pair, in the order of the batch's examples."""
+            pair_ids = inputs.get("pair_ids")
+            n = len(inputs["pair_index"]) if pair_ids is not None else None
+            return sequence_logps(outputs.log_probs, inputs["shift_labels"], inputs["segment_ids"], pair_ids, n)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             """Reference log-probs of every pair, once, with the adapter disabled; kept in memory on every rank
@@ -532,7 +552,7 @@ def _trainer_classes():
             mode = "train" if self.model.training else "eval"
             outputs = self._packed_forward(model, inputs)
             seg, labels = inputs["segment_ids"], inputs["shift_labels"]
-            chosen_logps, rejected_logps = sequence_logps(outputs.log_probs, labels, seg)
+            chosen_logps, rejected_logps = self._pair_logps(outputs, inputs)
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
@@ -549,8 +569,14 @@ def _trainer_classes():
             elif loss_type == "hinge":
                 per_pair = torch.relu(1 - self.beta * delta)
             else:  # ipo: token-count normalised, as TRL does
-                c = chosen_logratios / chosen_mask.sum(dim=1).clamp(min=1.0)
-                r = rejected_logratios / rejected_mask.sum(dim=1).clamp(min=1.0)
+                if "pair_ids" in inputs:
+                    ones = torch.ones_like(labels, dtype=chosen_logratios.dtype)
+                    n_c = per_pair_sum(ones, chosen_mask, inputs["pair_ids"], len(inputs["pair_index"]))
+                    n_r = per_pair_sum(ones, rejected_mask, inputs["pair_ids"], len(inputs["pair_index"]))
+                else:
+                    n_c, n_r = chosen_mask.sum(dim=1), rejected_mask.sum(dim=1)
+                c = chosen_logratios / n_c.clamp(min=1.0)
+                r = rejected_logratios / n_r.clamp(min=1.0)
                 per_pair = (c - r - 1 / (2 * self.beta)) ** 2
             loss = per_pair.mean() * self.loss_weights[0]
             self._log_packed_metrics(mode, outputs, inputs, chosen_mask, rejected_mask, chosen_logps, rejected_logps,
@@ -821,6 +847,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds=None, pr
         peft_config=lora_config(cfg),
         callbacks=callbacks,
         packed=cfg.recipe == "packed",
+        share_prefix=cfg.share_prefix,
         group_by_length=cfg.group_by_length,
         ref_cache_dir=cfg.output_dir if ref_cache_key else None,
         ref_cache_key=ref_cache_key,
