@@ -451,4 +451,5 @@ class PrefixScorer:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
                 out = run()
-        return {"graph": graph, "static": st, "out": out}
+        # everything the graph reads must outlive it: a freed input's memory would be reused by other tensors
+        return {"graph": graph, "static": st, "out": out, "alive": (zeros, cache, run)}
