@@ -357,3 +357,21 @@ def test_fast_prompt_encoding_gives_the_same_tokens(which, smol_tokenizer, pool_
         assert f._plan(p) is not None  # the fast path is really taken
     with pytest.raises(P.PromptTooLongError):
         f.encode(P.build_router_prompt(QUERIES[0], list(pool_rb)), max_prompt_tokens=50)
+
+
+def test_graph_path_layout_gives_the_same_scores(router, pool_rb):
+    """The CUDA-graph path's static layout (bucketed shapes, in-graph mask, one input copy), run without a graph
+    on the CPU, gives the eager scores."""
+    from xrouter_lite.prefix_cache import PrefixScorer
+
+    sc = PrefixScorer(router.model, router.tokenizer, router.pad_id)
+    off = pool_rb.subset(THREE)
+    for q in QUERIES:
+        p = P.build_router_prompt(q, off)
+        ids = sc.finder.encode(p)
+        acts = [[P.encode_action(router.tokenizer, m) for m in p.offered]]
+        entry = sc.entry_for(sc.finder.prefix_ids(p))
+        m = sc.finder.reusable_len(p, ids)
+        eager = sc._score_eager(entry, m, [ids[m:]], acts)[0]
+        graph = sc._score_graph(entry, m, [ids[m:]], acts)[0]
+        assert graph == pytest.approx(eager, abs=5e-4)

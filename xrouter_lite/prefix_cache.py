@@ -381,7 +381,6 @@ class PrefixScorer:
     # -- CUDA graphs (batch 1) ------------------------------------------------------------------------------------
 
     def _score_graph(self, entry: PrefixEntry, m: int, tails, actions):
-        torch = self._torch
         _, _, _, flat0, T0, keep0 = self._layout(m, tails, actions)
         P, T = _bucket(m, 256), _bucket(T0, 64)
         keep, F = min(T, _bucket(keep0, 32)), _bucket(len(flat0[0]), 64)
@@ -398,14 +397,11 @@ class PrefixScorer:
                 sv[..., :m, :].copy_(v[..., :m, :])
             self._static_kv_owner[P] = (entry.ids, m)
         n = len(flat[0])
-        st = g["static"]
-        st["ids"].copy_(torch.tensor(ids), non_blocking=True)
-        st["pos"].copy_(torch.tensor(pos), non_blocking=True)
-        st["mask"].copy_(self._mask(torch.tensor(seg, device=self.device), m, P))
-        fw = flat[1] + [0] * (F - n)
-        ft = flat[2] + [0] * (F - n)
-        st["fw"].copy_(torch.tensor(fw), non_blocking=True)
-        st["ft"].copy_(torch.tensor(ft), non_blocking=True)
+        pad = [0] * (F - n)
+        # ONE host-to-device copy of every input (ids, positions, segments, window indices, targets, prefix length);
+        # the mask is built inside the graph from the segments
+        g["host"].numpy()[:] = ids[0] + pos[0] + seg[0] + flat[1] + pad + flat[2] + pad + [m]
+        g["static"]["inp"].copy_(g["host"], non_blocking=True)
         g["graph"].replay()
         vals = g["out"][:n].tolist()
         return self._sums(vals, flat, 1, [len(a) for a in actions])
@@ -414,31 +410,55 @@ class PrefixScorer:
         torch = self._torch
         dev = self.device
         if P not in self._static_kv:
-            ref = entry.layers
             self._static_kv[P] = [
                 (torch.zeros((1, k.shape[1], P, k.shape[3]), dtype=k.dtype, device=dev),
                  torch.zeros((1, v.shape[1], P, v.shape[3]), dtype=v.dtype, device=dev))
-                for k, v in ref
+                for k, v in entry.layers
             ]
         kv = self._static_kv[P]
-        st = {
-            "ids": torch.full((1, T), self.pad_id, dtype=torch.long, device=dev),
-            "pos": torch.zeros((1, T), dtype=torch.long, device=dev),
-            "mask": torch.zeros((1, 1, T, P + T), dtype=self.dtype, device=dev),
-            "fw": torch.zeros((F,), dtype=torch.long, device=dev),
-            "ft": torch.zeros((F,), dtype=torch.long, device=dev),
-        }
+        inp = torch.zeros((3 * T + 2 * F + 1,), dtype=torch.long, device=dev)
+        inp[:T] = self.pad_id
+        inp[2 * T : 3 * T] = -2
+        host = torch.empty(inp.shape, dtype=torch.long, pin_memory=dev.type == "cuda")
         zeros = torch.zeros((F,), dtype=torch.long, device=dev)
+        idx_t = torch.arange(T, device=dev)
+        idx_p = torch.arange(P, device=dev)
         cache = make_dynamic_cache(kv, 1)  # built outside the capture (its lazy init allocates from the host)
+        lo = torch.finfo(self.dtype).min
 
         def run():
-            for layer, (k, v) in zip(cache.layers, kv):  # the static buffers, before this forward appends to them
-                layer.keys, layer.values = k, v
-            out = self.model(input_ids=st["ids"], attention_mask=st["mask"], position_ids=st["pos"],
-                             past_key_values=cache, use_cache=True, logits_to_keep=keep)
+            ids, pos, seg = inp[:T][None], inp[T : 2 * T][None], inp[2 * T : 3 * T][None]
+            fw, ft, m = inp[3 * T : 3 * T + F], inp[3 * T + F : 3 * T + 2 * F], inp[-1]
+            causal = idx_t[:, None] >= idx_t[None, :]
+            q, k = seg[:, :, None], seg[:, None, :]
+            allowed = causal & (((k == -1) & (q >= -1)) | ((q >= 0) & (q == k)))
+            allowed = allowed | ((idx_t[:, None] == idx_t[None, :]) & (q == -2))
+            pre = (idx_p < m)[None, None, :].expand(1, T, P)
+            full = torch.cat([pre, allowed], dim=-1)[:, None]
+            mask = torch.zeros(full.shape, dtype=self.dtype, device=dev).masked_fill(~full, lo)
+            for layer, (kk, vv) in zip(cache.layers, kv):  # the static buffers, before this forward appends to them
+                layer.keys, layer.values = kk, vv
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=keep)
             logits = out.logits
-            return logits[zeros, st["fw"], st["ft"]].float() - torch.logsumexp(logits[0].float(), dim=-1)[st["fw"]]
+            return logits[zeros, fw, ft].float() - torch.logsumexp(logits[0].float(), dim=-1)[fw]
 
+        alive = (inp, host, zeros, idx_t, idx_p, cache, run)
+        if dev.type != "cuda":  # the same computation without a graph (lets the CPU tests check this path)
+            box: dict[str, Any] = {}
+
+            class _Replay:
+                def replay(self_inner):
+                    box["out"] = run()
+
+            res = {"graph": _Replay(), "static": {"inp": inp}, "host": host, "alive": alive}
+
+            class _Out:
+                def __getitem__(self_inner, sl):
+                    return box["out"][sl]
+
+            res["out"] = _Out()
+            return res
         with torch.inference_mode():
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
@@ -452,4 +472,4 @@ class PrefixScorer:
             with torch.cuda.graph(graph, pool=self._pool):
                 out = run()
         # everything the graph reads must outlive it: a freed input's memory would be reused by other tensors
-        return {"graph": graph, "static": st, "out": out, "alive": (zeros, cache, run)}
+        return {"graph": graph, "static": {"inp": inp}, "host": host, "out": out, "alive": alive}
