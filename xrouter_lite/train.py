@@ -19,7 +19,9 @@ changes only what a router pair needs:
   ``prompting.encode_action``; TRL never re-renders the conversation (SmolLM2's template would drop the tools);
 - ``recipe: packed`` (default): one row per pair, the prompt processed once for both answers (``packing.py``),
   log-probs only at the answer positions (TRL's fused LM head), the same DPO loss as TRL's;
-  ``recipe: trl``: TRL's own two-rows-per-pair forward, for comparison;
+  ``recipe: trl``: TRL's own two-rows-per-pair forward, for comparison; with ``share_prefix`` (default) the pairs
+  of a batch offered the same models share one row, their static prompt prefix (system text + tools) processed
+  once per batch (``packing.pack_shared``; the prefix length comes from ``prefix_cache.PrefixFinder``);
 - reference log-probs computed once before training with the adapter disabled (``precompute_ref_log_probs``), kept
   in ``<output_dir>/ref_logps_train.pt`` so ``--resume`` does not pay for them again; or on the fly, also with the
   adapter disabled (never a second copy of the base model);
