@@ -834,10 +834,29 @@ def cast_trainable(model, dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def _compact_lm_head_on_cpu() -> None:
+    """TRL's fused LM head scores only the answer positions on CUDA (the "compact" path) but every position of the
+    row on the CPU, in chunks of 32,768 rows: for a ~1,000-token packed pair that is a full-vocabulary logits
+    matrix per row (GBs of RSS for SmolLM2's 49k vocabulary) and ~25% of the compute spent on positions nobody
+    scores. The compact path is plain PyTorch row selection; use it on the CPU too (same numbers)."""
+    import trl.trainer.utils as tu
+
+    if getattr(tu._use_triton, "_xrouter_cpu_compact", False):
+        return
+    orig = tu._use_triton
+
+    def use(device):
+        return True if getattr(device, "type", str(device)) == "cpu" else orig(device)
+
+    use._xrouter_cpu_compact = True
+    tu._use_triton = use
+
+
 def build_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds=None, precision: Precision | None = None,
                   callbacks=None, ref_cache_key: str | None = None, **arg_overrides: Any):
     """A RouterDPOTrainer for ``cfg`` around an already loaded base ``model`` (LoRA is added here)."""
     trainer_cls, _ = _trainer_classes()
+    _compact_lm_head_on_cpu()
     precision = precision or resolve_precision(cfg)
     args = dpo_args(cfg, precision, has_eval=eval_ds is not None, **arg_overrides)
     trainer = trainer_cls(
