@@ -272,5 +272,145 @@ def main(argv=None) -> dict:
     return out
 
 
+QUESTIONS = [  # real-looking questions, ~50 Qwen2.5 tokens each once padded by question_of
+    "A store sells pencils at 3 for $1.20 and erasers at 2 for $0.90. Maya buys 12 pencils and 6 erasers and pays "
+    "with a $10 bill. How much change does she get, and what would she have saved buying a 24-pack at $8.50?",
+    "Explain the difference between a process and a thread in an operating system, and give one situation in which "
+    "using several processes is clearly better than using several threads, with the reason in one sentence.",
+    "Which of the following best describes the function of the mitochondria in eukaryotic cells? (A) protein "
+    "synthesis (B) ATP production through cellular respiration (C) lipid storage (D) DNA replication. Answer:",
+    "Translate into French and keep the formal register: 'We regret to inform you that the meeting planned for "
+    "Thursday has been moved to the following Monday at ten o'clock, in the same room as before.'",
+]
+
+
+def question_of(tok, i: int, n_tokens: int = 50) -> str:
+    """The i-th benchmark question, cut or padded to ``n_tokens`` Qwen2.5 tokens (distinct for each i)."""
+    base = QUESTIONS[i % len(QUESTIONS)]
+    ids = tok(f"(#{i}) " + base + " " + FILLER * 4, add_special_tokens=False)["input_ids"][:n_tokens]
+    return tok.decode(ids)
+
+
+def prefix_bench(args) -> dict:
+    """Static prefix reuse (prefix_cache.py): batch-1 p50 of route() and the floor, batched decisions/s, memory,
+    per serving configuration: bf16 with the LoRA merged (+ CUDA graphs or eager), 4-bit NF4 with the LoRA
+    unmerged (+ graphs or eager), and today's path (whole prompt per decision) for the ratio."""
+    import torch
+    import transformers
+
+    from xrouter_lite.pool import load_pool
+    from xrouter_lite.prompting import build_router_prompt, encode_action
+    from xrouter_lite.qwen import qwen_tokenizer
+    from xrouter_lite.router import LoRARouter
+
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    repeats = args.repeats or (50 if cuda else 3)
+    tok = qwen_tokenizer()
+    pools = {11: list(load_pool(REPO / "configs" / "pool_routerbench.yaml")), 18: list(load_pool(REPO / "configs" / "pool.yaml"))}
+    ns = [int(x) for x in args.candidates.split(",") if x.strip()]
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    qs = [question_of(tok, i, args.question_tokens) for i in range(max(batches + [64]))]
+    out = {"info": {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "arch": "tiny Qwen2" if args.tiny else "Qwen2.5-1.5B-Instruct architecture, random weights, random LoRA r=16",
+                    "question_tokens": args.question_tokens, "repeats": repeats}, "configs": []}
+    print(json.dumps(out["info"]), flush=True)
+    confs = [c.strip() for c in args.prefix_configs.split(",") if c.strip()]
+    for conf in confs:
+        quant = conf.startswith("nf4")
+        if quant and not cuda:
+            continue
+        model, _ = build_model(args.tiny, device, quant, args.lora_r, args.seed)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        graphs = conf.endswith("graphs")
+        before = conf.endswith("today")
+        kw = dict(prefix_cache_mb=0, merge_adapter=False, cuda_graphs=False) if before else dict(
+            cuda_graphs=graphs, merge_adapter=not quant)
+        r = LoRARouter(model=model, tokenizer=tok, mode="score", max_prompt_tokens=None, batch_size=max(batches), **kw)
+        weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
+        for n in ns:
+            off = pools[n]
+            row: dict = {"config": conf, "candidates": n, "weights_gib": weights_gib}
+            ids = r.prefix_scorer.finder.encode(build_router_prompt(qs[0], off)) if r.prefix_scorer else None
+            if r.prefix_scorer:
+                p0 = build_router_prompt(qs[0], off)
+                m = r.prefix_scorer.finder.reusable_len(p0, ids)
+                row.update(prompt_tokens=len(ids), prefix_tokens=m, question_part_tokens=len(ids) - m)
+            k = [0]
+
+            def one():
+                k[0] += 1
+                return r.route(qs[k[0] % 8], off)
+
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            row["route_b1"] = timer(one, repeats, 5, sync)
+            if cuda:
+                row["route_b1"]["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if r.prefix_scorer:
+                sc = r.prefix_scorer
+                p = build_router_prompt(qs[1], off)
+                pid = sc.finder.encode(p)
+                one_tok = [[[tok.eos_token_id]]]  # a single 1-token candidate: the forward over the question alone
+                row["floor_b1"] = timer(lambda: sc.score([p], [pid], one_tok), repeats, 5, sync)
+                acts = [[encode_action(tok, m.id) for m in off]]
+                row["score_b1_no_tokenise"] = timer(lambda: sc.score([p], [pid], acts), repeats, 5, sync)
+                row["graph_failures"] = sc.graph_failures
+                row["prefix_cache"] = sc.cache.stats()
+            row["batched"] = {}
+            for b in batches:
+                if b == 1:
+                    continue
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                bq = qs[:b]
+                try:
+                    t = timer(lambda: r.route_batch(bq, [off] * b), max(3, repeats // 10), 1, sync)
+                    t["decisions_per_s"] = b / (t["median_ms"] / 1000)
+                    if cuda:
+                        t["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                except torch.OutOfMemoryError:
+                    t = {"status": "OOM"}
+                row["batched"][b] = t
+            print(json.dumps(row), flush=True)
+            out["configs"].append(row)
+        del r, model
+        if cuda:
+            torch.cuda.empty_cache()
+    print()
+    print(f"{'config':<16} {'N':>3} {'prompt':>6} {'q part':>6} | {'route p50 ms':>12} | {'floor ms':>8} | batched decisions/s")
+    for row in out["configs"]:
+        fl = row.get("floor_b1", {}).get("median_ms")
+        bt = "; ".join(f"B={b}: {v.get('decisions_per_s', 0):.0f}" for b, v in row["batched"].items())
+        print(f"{row['config']:<16} {row['candidates']:>3} {row.get('prompt_tokens', '-'):>6} {row.get('question_part_tokens', '-'):>6} | "
+              f"{row['route_b1']['median_ms']:12.2f} | {fl if fl is None else round(fl, 2)!s:>8} | {bt}")
+    path = args.json or (str(Path(os.environ["OUT"]) / "route_latency_prefix.json") if os.environ.get("OUT") else None)
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2))
+        print(f"wrote {path}")
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    if "--prefix-reuse" in sys.argv:
+        ap = argparse.ArgumentParser(description="static prefix reuse figures (prefix_cache.py)")
+        ap.add_argument("--prefix-reuse", action="store_true")
+        ap.add_argument("--tiny", action="store_true")
+        ap.add_argument("--device", default=None)
+        ap.add_argument("--candidates", default="11,18")
+        ap.add_argument("--batches", default="1,16,64,128")
+        ap.add_argument("--question-tokens", type=int, default=50)
+        ap.add_argument("--repeats", type=int, default=None)
+        ap.add_argument("--lora-r", type=int, default=16)
+        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--prefix-configs", default="bf16-merged-graphs,bf16-merged-eager,nf4-graphs,nf4-eager,nf4-today,bf16-today",
+                        help="comma-separated: {bf16-merged,nf4}-{graphs,eager}, {bf16,nf4}-today (whole prompt, no reuse)")
+        ap.add_argument("--json", default=None)
+        prefix_bench(ap.parse_args())
+    else:
+        main()

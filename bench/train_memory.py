@@ -118,6 +118,65 @@ def make_pairs(prompt_len: int, n: int, seed: int = 0, vocab: int = 151936, eos_
     return Dataset.from_dict(cols)
 
 
+def real_question_lengths() -> list[int]:
+    """Qwen2.5 token lengths of the built-in example's RouterBench questions (data/examples), in file order."""
+    import csv
+
+    from xrouter_lite.qwen import qwen_tokenizer
+
+    csv.field_size_limit(10**9)
+    tok = qwen_tokenizer()
+    out = []
+    with open(REPO / "data" / "examples" / "routerbench_sample.csv", newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            q = r.get("prompt") or ""
+            try:
+                import ast
+
+                v = ast.literal_eval(q)
+                q = v[0] if isinstance(v, list) and v else q
+            except (ValueError, SyntaxError):
+                pass
+            out.append(len(tok(str(q), add_special_tokens=False)["input_ids"]))
+    return out
+
+
+# static prefix lengths (system text + tool block, Qwen2.5 tokens) of the real router prompt: 11 RouterBench models,
+# 18 models of configs/pool.yaml (bench/route_latency.py --prefix-reuse prints them: 1426 and 2217)
+SHAPES = {"rb11": 1426, "pool18": 2217}
+
+
+def make_shape_pairs(shape: str, n: int, qlens: list[int], seed: int = 0, vocab: int = 151936, eos_id: int = EOS_ID,
+                     max_q: int = 1024):
+    """Router pairs of the real shape: every pair offered the whole pool (the same static prefix of SHAPES[shape]
+    tokens), then a question of a real length (cycled from ``qlens``, capped at ``max_q``), the 5-token turn change,
+    two tool-call answers. ``prefix_len`` marks the shared part (as ``train.tokenize_pairs`` does)."""
+    from datasets import Dataset
+
+    from xrouter_lite.packing import packed_length
+
+    P = SHAPES[shape]
+    g = torch.Generator().manual_seed(seed + P)
+    hi = min(vocab, 150000)
+
+    def ids(k):
+        return torch.randint(100, hi, (k,), generator=g).tolist()
+
+    prefix, turn, opening = ids(P), ids(5), ids(8)
+    cols = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": [], "prefix_len": []}
+    for i in range(n):
+        p = prefix + ids(max(1, min(max_q, qlens[i % len(qlens)]))) + turn
+        lc, lr = ACTION_LENGTHS[i % 11], ACTION_LENGTHS[(i + 4) % 11]
+        c = opening + ids(lc - 9) + [eos_id]
+        r = opening + ids(lr - 9) + [eos_id]
+        cols["prompt_ids"].append(p)
+        cols["chosen_ids"].append(c)
+        cols["rejected_ids"].append(r)
+        cols["length"].append(packed_length(len(p), len(c), len(r)))
+        cols["prefix_len"].append(P)
+    return Dataset.from_dict(cols)
+
+
 def save_random_model(cfg_kwargs: dict, path: Path, device: str) -> None:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -214,6 +273,7 @@ def _build(variant, model, tok, ds, batch, steps, out_dir, precision, ref_batch,
     cfg = TrainConfig(
         model_name_or_path="bench",
         output_dir=out_dir,
+        share_prefix=variant == "ours-shared",
         lora_target_modules=LORA_TARGETS,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
@@ -338,7 +398,7 @@ def loss_check(model, tok, ds, precision, out_dir):
     from xrouter_lite.train import TrainConfig, build_trainer
 
     cfg = TrainConfig(model_name_or_path="bench", output_dir=out_dir, lora_target_modules=LORA_TARGETS,
-                      per_device_train_batch_size=2, precompute_ref_log_probs=False, report_to=[])
+                      per_device_train_batch_size=2, precompute_ref_log_probs=False, report_to=[], share_prefix=False)
     trainer = build_trainer(cfg, model, tok, ds, precision=precision, save_strategy="no", report_to="none")
     g = torch.Generator(device="cpu").manual_seed(0)
     for name, p in trainer.model.named_parameters():
@@ -349,12 +409,21 @@ def loss_check(model, tok, ds, precision, out_dir):
     packed = {k: v.to(dev) for k, v in trainer.data_collator(examples).items()}
     unpacked = {k: v.to(dev) for k, v in DataCollatorForPreference(pad_token_id=tok.pad_token_id)(examples).items()}
     trainer.model.train()
+    from xrouter_lite.packing import PackedPreferenceCollator
+
+    shared = {k: v.to(dev) for k, v in PackedPreferenceCollator(tok.pad_token_id, 16, share_prefix=True)(examples).items()}
+    singles = [{k: v.to(dev) for k, v in DataCollatorForPreference(pad_token_id=tok.pad_token_id)([e]).items()} for e in examples]
     with torch.no_grad(), trainer.accelerator.autocast():
         ours = trainer._compute_loss(trainer.model, packed, False).item()
+        ours_shared = trainer._compute_loss(trainer.model, shared, False).item()
         theirs = DPOTrainer._compute_loss(trainer, trainer.model, unpacked, False).item()
+        # TRL against itself: the same two pairs, each in a batch of its own (other padding, other kernel shapes)
+        theirs_alone = sum(DPOTrainer._compute_loss(trainer, trainer.model, b, False).item() for b in singles) / len(singles)
     base = reset_base(trainer.model)
     del trainer
-    return {"ours": ours, "trl": theirs, "abs_diff": abs(ours - theirs)}, base
+    return {"ours": ours, "ours_shared": ours_shared, "trl": theirs, "abs_diff": abs(ours - theirs),
+            "abs_diff_shared": abs(ours_shared - theirs), "trl_one_pair_per_batch": theirs_alone,
+            "trl_vs_itself_abs_diff": abs(theirs_alone - theirs), "dtype": str(precision.name)}, base
 
 
 def main() -> int:
@@ -371,8 +440,12 @@ def main() -> int:
     ap.add_argument("--cap-gib", type=float, default=6.0, help="peak reserved memory cap (GiB)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip remaining cells after this many seconds")
     ap.add_argument("--no-loss-check", action="store_true")
+    ap.add_argument("--ref-batch-shared", type=int, default=16, help="pairs per forward in ours-shared's reference pass")
+    ap.add_argument("--ref-pairs", type=int, default=64, help="pairs in the reference pass of --shapes (timed)")
     ap.add_argument("--ab-reps", type=int, default=3, help="repetitions of the layout A/B (0: skip)")
     ap.add_argument("--ab-only", action="store_true", help="only the loss check and the layout A/B, no matrix")
+    ap.add_argument("--shapes", default=None, help="real router-prompt shapes instead of --lengths: rb11,pool18 "
+                    "(whole pool offered, real question lengths)")
     ap.add_argument("--model", default=None, help="a local model folder instead of the random-weight Qwen2.5-1.5B "
                     "architecture (e.g. models/SmolLM2-135M-Instruct for a CPU ratio on real weights)")
     args = ap.parse_args()
@@ -435,6 +508,13 @@ def main() -> int:
     log(f"SDPA with our 4D boolean mask: {results['sdpa_masked_kernel']}")
     n_pairs = (warmup + steps) * max(plain_b + ours_b)
     datasets = {n: make_pairs(n, n_pairs, vocab=model.config.vocab_size, eos_id=tok.eos_token_id) for n in lengths}
+    if args.shapes:
+        qlens = real_question_lengths()
+        results["question_tokens"] = {"n": len(qlens), "median": statistics.median(qlens), "max": max(qlens)}
+        n_shape = max(n_pairs, args.ref_pairs)
+        lengths = [x.strip() for x in args.shapes.split(",") if x.strip()]
+        datasets = {n: make_shape_pairs(n, n_shape, qlens, vocab=model.config.vocab_size, eos_id=tok.eos_token_id)
+                    for n in lengths}
 
     if not args.no_loss_check:
         try:
@@ -463,7 +543,7 @@ def main() -> int:
     ablation_lengths = {int(x) for x in args.ablation_lengths.split(",") if x} if not tiny else set(lengths)
     for n in lengths:
         for variant in variants:
-            if variant not in ("plain", "ours") and n not in ablation_lengths:
+            if variant not in ("plain", "ours", "ours-shared") and n not in ablation_lengths:
                 continue
             batches = plain_b if variant == "plain" else ours_b
             for b in batches:
@@ -475,15 +555,17 @@ def main() -> int:
                 trainer = None
                 try:
                     clean(device)
-                    ref_key = f"bench-{n}" if variant != "ours-otf" else None
+                    ref_key = f"bench-{n}-{variant}" if variant != "ours-otf" else None
+                    rkey = n if variant != "ours-shared" else f"{n}/shared"
+                    rb = args.ref_batch_shared if variant == "ours-shared" else args.ref_batch
                     trainer = build(variant, model, tok, datasets[n], b, warmup + steps, str(tmp / "out"), precision,
-                                    args.ref_batch, ref_key, [timer.callback])
+                                    rb, ref_key, [timer.callback])
                     ref_s = getattr(trainer, "ref_precompute_seconds", {}).get("train")
-                    if ref_s and n not in results["reference_pass"]:
-                        results["reference_pass"][n] = {
+                    if ref_s and rkey not in results["reference_pass"]:
+                        results["reference_pass"][rkey] = {
                             "pairs": len(datasets[n]), "seconds": round(ref_s, 3),
                             "pairs_per_s": round(len(datasets[n]) / ref_s, 3),
-                            "peak_reserved_gib": round(peak_gib(device), 3), "batch": args.ref_batch,
+                            "peak_reserved_gib": round(peak_gib(device), 3), "batch": rb,
                         }
                     clean(device)
                     trainer.train()
@@ -538,8 +620,9 @@ def summarise(results: dict, cap: float, device: str) -> None:
             log(f"{c['variant']:<12} {c['prompt_len']:>7} {c['batch']:>6}  {c['status']}")
             continue
         incl = ""
-        if c["variant"] != "plain" and c["variant"] != "ours-otf" and c["prompt_len"] in ref:
-            r = ref[c["prompt_len"]]["pairs_per_s"]
+        rk = c["prompt_len"] if c["variant"] != "ours-shared" else f"{c['prompt_len']}/shared"
+        if c["variant"] != "plain" and c["variant"] != "ours-otf" and rk in ref:
+            r = ref[rk]["pairs_per_s"]
             c["pairs_per_s_incl_ref"] = round(1 / (1 / c["pairs_per_s"] + 1 / r), 3)
             incl = f"{c['pairs_per_s_incl_ref']:>10.2f}"
         flag = " (over cap)" if device == "cuda" and c["peak_reserved_gib"] > cap else ""

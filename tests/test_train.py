@@ -302,6 +302,38 @@ def test_packed_loss_equals_trl_loss(smol_cut, real_pairs, tmp_path, loss_type):
         assert torch.allclose(a, b, atol=2e-3), (a, b)
 
 
+def test_shared_prefix_batch_gives_trl_loss(smol_cut, shared_data, pool_rb, tmp_path):
+    """Pairs of a batch offered the same models share ONE forward of the static prefix (system text + tools):
+    one row for those pairs, and still TRL's own DPO loss, per-pair log-probs and reference log-probs on the same
+    batch (real SmolLM2 weights, CPU). A pair offered other models gets a row of its own."""
+    same = [pool_rb.get(m) for m in ["claude-v1", "claude-v2", "gpt-4-1106-preview", "mistralai/mistral-7b-chat"]]
+    rows = routerbench_pairs(shared_data, pool_rb, 4, n_offered=3)
+    pairs = [prompting.dpo_example(r["prompt"][-1]["content"], same, m1, m2, prompt_id=str(i))
+             for i, (r, (m1, m2)) in enumerate(zip(rows[:3], [("claude-v1", "claude-v2"), ("gpt-4-1106-preview", "claude-v1"),
+                                                               ("mistralai/mistral-7b-chat", "gpt-4-1106-preview")]))]
+    pairs.insert(1, rows[3])  # another offered set, in the middle of the batch
+    from xrouter_lite.train import load_tokenizer, tokenize_pairs
+
+    cfg = small_cfg(smol_cut, tmp_path / "unused.json", tmp_path / "x")
+    tok = tokenize_pairs(pairs, load_tokenizer(cfg), 4096)
+    pl = tok.columns["prefix_len"]
+    assert pl[0] == pl[2] == pl[3] and pl[0] > 0.8 * len(tok.columns["prompt_ids"][0])
+    ours, theirs, om, tm, ref_o, ref_t = _equivalence(smol_cut, pairs, tmp_path, "sigmoid")
+    assert abs(ours.item() - theirs.item()) < 1e-3, (ours.item(), theirs.item())
+    assert abs(ours.item() - math.log(2)) > 1e-3
+    for key in ("logps/chosen", "logps/rejected", "rewards/margins", "rewards/accuracies"):
+        assert om[key] == pytest.approx(tm[key], abs=2e-3), key
+    for a, b in zip(ref_o, ref_t):  # per pair, in the batch's order
+        assert torch.allclose(a, b, atol=2e-3), (a, b)
+    from xrouter_lite.packing import PackedPreferenceCollator
+
+    ex = [{k: tok.columns[k][i] for k in tok.columns} for i in range(4)]
+    batch = PackedPreferenceCollator(pad_token_id=0, share_prefix=True)(ex)
+    assert batch["input_ids"].shape[0] == 2  # 3 pairs in one row + the other offered set
+    plain = PackedPreferenceCollator(pad_token_id=0)(ex)
+    assert (batch["segment_ids"] != 3).sum() < 0.6 * (plain["segment_ids"] != 3).sum()  # far fewer tokens
+
+
 @pytest.mark.slow
 def test_packed_loss_equals_trl_loss_full_smollm2(real_pairs, tmp_path):
     from xrouter_lite.assets import smollm2_path

@@ -42,6 +42,8 @@ from .routing import (  # noqa: F401  (re-exported: the names this module always
 BaseRouter = Router
 CostAwareRouter = Router
 
+from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixScorer  # noqa: E402
+
 
 # ---- baselines ------------------------------------------------------------------------------------------------------
 
@@ -422,6 +424,11 @@ def adapter_to_compute_dtype(model) -> int:
     return n
 
 
+def _is_4bit(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_quantized", False))
+
+
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     n = min(len(s) for s in seqs)
     i = 0
@@ -441,6 +448,13 @@ class LoRARouter(CostAwareRouter):
     candidate) and position ids that restart after the shared part for each candidate; logits are computed only
     for the last positions. Cost: one prompt forward + N x (a few) tokens. ``score_impl="cached"`` does the same
     in two forwards (the prompt with its KV cache kept, then the candidates' tokens over that cache).
+
+    Static prefix reuse (``prefix_cache_mb``, default 256; 0 or None turns it off and uses ``score_impl``): the
+    question-independent part of the prompt (system text + tool block of the offered set) has its KV cache
+    computed once per offered set and kept in a bounded LRU (``prefix_cache.py``); a decision then runs only the
+    question's tokens and the candidates' tokens over it. Same tokens, same scores up to float rounding.
+    ``cuda_graphs`` (default: on CUDA) replays batch-1 decisions as CUDA graphs. ``merge_adapter`` (default: on
+    CUDA with unquantised weights) merges the LoRA into the base weights for serving.
 
     mode="generate": greedy decoding of the tool call, read with ``prompting.parse_action``. An unusable answer
     (or a prompt over ``max_prompt_tokens``) gives the default model (``default_model`` when offered, else the
@@ -474,6 +488,9 @@ class LoRARouter(CostAwareRouter):
         tokenizer=None,
         score_impl: str = "packed",
         use_head: bool = True,
+        prefix_cache_mb: float | None = DEFAULT_PREFIX_CACHE_MB,
+        cuda_graphs: bool | None = None,
+        merge_adapter: bool | None = None,
     ):
         super().__init__(
             tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
@@ -510,6 +527,21 @@ class LoRARouter(CostAwareRouter):
         from .decision import load_head
 
         self.head = load_head(adapter_dir) if (use_head and mode == "score") else None
+        on_cuda = self.device.type == "cuda"
+        if merge_adapter is None:  # serving on a GPU: LoRA merged into bf16/fp16 weights (not into 4-bit ones)
+            merge_adapter = on_cuda and not _is_4bit(model)
+        self.merged = False
+        if merge_adapter and hasattr(model, "merge_and_unload"):
+            if _is_4bit(model):
+                raise ValueError("merge_adapter: a LoRA cannot be merged into 4-bit base weights (load with quantize='none')")
+            self.model = model = model.merge_and_unload()
+            self.merged = True
+        self.prefix_scorer = None
+        if prefix_cache_mb:  # static prefix reuse (prefix_cache.py): the pool block's KV computed once per offered set
+            self.prefix_scorer = PrefixScorer(
+                model, tokenizer, self.pad_id, max_bytes=int(float(prefix_cache_mb) * 2**20),
+                cuda_graphs=on_cuda if cuda_graphs is None else bool(cuda_graphs),
+            )
 
     # -- public ---------------------------------------------------------------------------------------------------
 
@@ -549,14 +581,21 @@ class LoRARouter(CostAwareRouter):
             costs = self.costs_for(it.query, off)
             prompt = build_router_prompt(it.query, off)
             try:
-                ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
+                if self.prefix_scorer is not None:  # same ids, the static part tokenised once per offered set
+                    ids = self.prefix_scorer.finder.encode(prompt, self.max_prompt_tokens)
+                else:
+                    ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
             except PromptTooLongError as e:
                 results[i] = self._invalid(f"prompt_too_long: {e}", off, costs, t0)
                 continue
             work.append((i, prompt, ids, off, costs))
         if work:
             if self.mode == "score":
-                logps = self._score_batch([w[2] for w in work], [[self.action_ids(m) for m in w[1].offered] for w in work])
+                acts = [[self.action_ids(m) for m in w[1].offered] for w in work]
+                if self.prefix_scorer is not None:
+                    logps = self.prefix_scorer.score([w[1] for w in work], [w[2] for w in work], acts)
+                else:
+                    logps = self._score_batch([w[2] for w in work], acts)
                 from .decision import route_scores
 
                 for (i, prompt, _ids, _off, costs), lp in zip(work, logps):

@@ -19,7 +19,9 @@ changes only what a router pair needs:
   ``prompting.encode_action``; TRL never re-renders the conversation (SmolLM2's template would drop the tools);
 - ``recipe: packed`` (default): one row per pair, the prompt processed once for both answers (``packing.py``),
   log-probs only at the answer positions (TRL's fused LM head), the same DPO loss as TRL's;
-  ``recipe: trl``: TRL's own two-rows-per-pair forward, for comparison;
+  ``recipe: trl``: TRL's own two-rows-per-pair forward, for comparison; with ``share_prefix`` (default) the pairs
+  of a batch offered the same models share one row, their static prompt prefix (system text + tools) processed
+  once per batch (``packing.pack_shared``; the prefix length comes from ``prefix_cache.PrefixFinder``);
 - reference log-probs computed once before training with the adapter disabled (``precompute_ref_log_probs``), kept
   in ``<output_dir>/ref_logps_train.pt`` so ``--resume`` does not pay for them again; or on the fly, also with the
   adapter disabled (never a second copy of the base model);
@@ -111,6 +113,9 @@ class TrainConfig(BaseModel):
 
     # DPO
     recipe: Literal["packed", "trl"] = Field("packed", description="packed: one row per pair (prompt once); trl: TRL's two rows")
+    share_prefix: bool = Field(
+        True, description="packed: pairs of a batch offered the same models share one forward of the static prompt prefix"
+    )
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
     precompute_ref_log_probs: bool = Field(True, description="reference log-probs once before training (adapter disabled)")
@@ -295,9 +300,13 @@ def tokenize_pairs(
     pairs. A row whose stored answer text is not ``action_text(model)`` is an error (format drift)."""
     from .packing import packed_length
 
-    cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": []}
+    from .prefix_cache import PrefixFinder
+
+    finder = PrefixFinder(tokenizer)
+    cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "length": [], "prefix_len": []}
     out = TokenizedPairs(columns=cols)
     prompt_cache: dict[str, list[int] | PromptTooLongError] = {}
+    prefix_cache: dict[str, int] = {}
     action_cache: dict[str, list[int]] = {}
     items = enumerate(rows, 1) if isinstance(rows, list) else rows
     for lineno, row in items:
@@ -350,6 +359,9 @@ def tokenize_pairs(
         cols["chosen_ids"].append(ans[0])
         cols["rejected_ids"].append(ans[1])
         cols["length"].append(packed_length(len(ids), len(ans[0]), len(ans[1])))
+        if key not in prefix_cache:  # the question-independent tokens (system text + tools): shared in a batch
+            prefix_cache[key] = finder.reusable_len(prompt, ids)
+        cols["prefix_len"].append(prefix_cache[key])
     return out
 
 
@@ -378,7 +390,9 @@ def _trainer_classes():
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
 
-    from .packing import CHOSEN, IGNORE, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, sequence_logps
+    from .packing import (
+        CHOSEN, IGNORE, PAD, REJECTED, PackedPreferenceCollator, block_causal_mask, per_pair_sum, sequence_logps,
+    )
 
     # TRL >= 1.15 patches the model with a fused LM head (log-probs at the scored positions only). Older TRL (1.14,
     # the newest on Python 3.10) has none: the packed recipe then takes the same log-probs from the full logits.
@@ -399,12 +413,14 @@ def _trainer_classes():
             self,
             *args,
             packed: bool = True,
+            share_prefix: bool = False,
             group_by_length: bool = False,
             ref_cache_dir: str | None = None,
             ref_cache_key: str | None = None,
             **kwargs,
         ):
             self.packed = packed
+            self.share_prefix = packed and share_prefix
             self.group_by_length = group_by_length
             self.ref_cache_dir = ref_cache_dir
             self.ref_cache_key = ref_cache_key
@@ -427,7 +443,8 @@ def _trainer_classes():
                     if tok.pad_token is None:
                         tok.pad_token = tok.eos_token
                     kwargs["data_collator"] = PackedPreferenceCollator(
-                        pad_token_id=tok.pad_token_id, pad_to_multiple_of=dpo_args.pad_to_multiple_of
+                        pad_token_id=tok.pad_token_id, pad_to_multiple_of=dpo_args.pad_to_multiple_of,
+                        share_prefix=self.share_prefix,
                     )
                 model = kwargs.get("model", args[0] if args else None)
                 self._attn_impl = model.config._attn_implementation
@@ -450,8 +467,9 @@ def _trainer_classes():
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
-            if "length" not in self._signature_columns:
-                self._signature_columns = list(self._signature_columns) + ["length"]
+            for col in ("length", "prefix_len"):
+                if col not in self._signature_columns:
+                    self._signature_columns = list(self._signature_columns) + [col]
 
         def _get_train_sampler(self, *args, **kwargs):
             ds = self.train_dataset
@@ -464,7 +482,7 @@ def _trainer_classes():
         # -- the packed forward
         def _packed_forward(self, model, inputs):
             dtype = self.accelerator.unwrap_model(self.model).dtype
-            mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype)
+            mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype, inputs.get("pair_ids"))
             if not fused_lm_head:
                 out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
                             use_cache=False)
@@ -488,7 +506,13 @@ def _trainer_classes():
             # no need to switch checkpointing off: non-reentrant checkpointing under no_grad just runs the layer
             with torch.no_grad(), ctx, self.accelerator.autocast():
                 out = self._packed_forward(model if self.ref_model is None else self.ref_model, inputs)
-            return sequence_logps(out.log_probs, inputs["shift_labels"], inputs["segment_ids"])
+            return self._pair_logps(out, inputs)
+
+        def _pair_logps(self, outputs, inputs):
+            """(chosen, rejected) log-prob sums per pair, in the order of the batch's examples."""
+            pair_ids = inputs.get("pair_ids")
+            n = len(inputs["pair_index"]) if pair_ids is not None else None
+            return sequence_logps(outputs.log_probs, inputs["shift_labels"], inputs["segment_ids"], pair_ids, n)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
             """Reference log-probs of every pair, once, with the adapter disabled; kept in memory on every rank
@@ -546,7 +570,7 @@ def _trainer_classes():
             mode = "train" if self.model.training else "eval"
             outputs = self._packed_forward(model, inputs)
             seg, labels = inputs["segment_ids"], inputs["shift_labels"]
-            chosen_logps, rejected_logps = sequence_logps(outputs.log_probs, labels, seg)
+            chosen_logps, rejected_logps = self._pair_logps(outputs, inputs)
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
@@ -563,8 +587,14 @@ def _trainer_classes():
             elif loss_type == "hinge":
                 per_pair = torch.relu(1 - self.beta * delta)
             else:  # ipo: token-count normalised, as TRL does
-                c = chosen_logratios / chosen_mask.sum(dim=1).clamp(min=1.0)
-                r = rejected_logratios / rejected_mask.sum(dim=1).clamp(min=1.0)
+                if "pair_ids" in inputs:
+                    ones = torch.ones_like(labels, dtype=chosen_logratios.dtype)
+                    n_c = per_pair_sum(ones, chosen_mask, inputs["pair_ids"], len(inputs["pair_index"]))
+                    n_r = per_pair_sum(ones, rejected_mask, inputs["pair_ids"], len(inputs["pair_index"]))
+                else:
+                    n_c, n_r = chosen_mask.sum(dim=1), rejected_mask.sum(dim=1)
+                c = chosen_logratios / n_c.clamp(min=1.0)
+                r = rejected_logratios / n_r.clamp(min=1.0)
                 per_pair = (c - r - 1 / (2 * self.beta)) ** 2
             loss = per_pair.mean() * self.loss_weights[0]
             self._log_packed_metrics(mode, outputs, inputs, chosen_mask, rejected_mask, chosen_logps, rejected_logps,
@@ -820,10 +850,29 @@ def cast_trainable(model, dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def _compact_lm_head_on_cpu() -> None:
+    """TRL's fused LM head scores only the answer positions on CUDA (the "compact" path) but every position of the
+    row on the CPU, in chunks of 32,768 rows: for a ~1,000-token packed pair that is a full-vocabulary logits
+    matrix per row (GBs of RSS for SmolLM2's 49k vocabulary) and ~25% of the compute spent on positions nobody
+    scores. The compact path is plain PyTorch row selection; use it on the CPU too (same numbers)."""
+    import trl.trainer.utils as tu
+
+    if getattr(tu._use_triton, "_xrouter_cpu_compact", False):
+        return
+    orig = tu._use_triton
+
+    def use(device):
+        return True if getattr(device, "type", str(device)) == "cpu" else orig(device)
+
+    use._xrouter_cpu_compact = True
+    tu._use_triton = use
+
+
 def build_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds=None, precision: Precision | None = None,
                   callbacks=None, ref_cache_key: str | None = None, **arg_overrides: Any):
     """A RouterDPOTrainer for ``cfg`` around an already loaded base ``model`` (LoRA is added here)."""
     trainer_cls, _ = _trainer_classes()
+    _compact_lm_head_on_cpu()
     precision = precision or resolve_precision(cfg)
     args = dpo_args(cfg, precision, has_eval=eval_ds is not None, **arg_overrides)
     trainer = trainer_cls(
@@ -835,6 +884,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds=None, pr
         peft_config=lora_config(cfg),
         callbacks=callbacks,
         packed=cfg.recipe == "packed",
+        share_prefix=cfg.share_prefix,
         group_by_length=cfg.group_by_length,
         ref_cache_dir=cfg.output_dir if ref_cache_key else None,
         ref_cache_key=ref_cache_key,
