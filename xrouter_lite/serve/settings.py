@@ -59,23 +59,11 @@ class ServeSettings(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> ServeSettings:
-        """Settings from a YAML file; ``overrides`` that are not None replace its values."""
-        import yaml
+        """Settings from a YAML file; ``overrides`` that are not None replace its values. Read by the one config
+        loader of every stage (``config.load_config``): unknown keys refused, errors as ``FILE: key: problem``."""
+        from ..config import load_config
 
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"serve config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of setting -> value")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**data)
-        except ValidationError as e:
-            raise ValueError(f"{path}: " + validation_text(e)) from None
+        return load_config(cls, path, overrides, what="serve config")
 
 
 def validation_text(e: ValidationError) -> str:
