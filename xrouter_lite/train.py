@@ -857,6 +857,8 @@ def _compact_lm_head_on_cpu() -> None:
     scores. The compact path is plain PyTorch row selection; use it on the CPU too (same numbers)."""
     import trl.trainer.utils as tu
 
+    if not hasattr(tu, "_use_triton"):  # TRL < 1.15 (Python 3.10) has no fused LM head: nothing to patch
+        return
     if getattr(tu._use_triton, "_xrouter_cpu_compact", False):
         return
     orig = tu._use_triton
