@@ -89,11 +89,10 @@ def is_explored(prompt_id: str, fraction: float, seed: int = 0) -> bool:
 
 
 def recorded_spend(path: str | Path) -> float:
-    """USD recorded in a cache file (every line, errors' costs included): what earlier runs already spent."""
-    path = Path(path)
-    if not path.exists():
-        return 0.0
-    return sum(rec.cost for _, rec in iter_records(path, strict=False))
+    """USD recorded in a cache file (``cache.recorded_spend``: the one definition; re-exported for the runners here)."""
+    from .cache import recorded_spend as spend
+
+    return spend(path)
 
 
 def complete_rows(prompts: list) -> list:
