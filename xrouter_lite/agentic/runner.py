@@ -34,6 +34,7 @@ from ..prompting import (
     select_key,
 )
 from .policy import decide_action
+from .state import legal_actions
 
 CallFn = Callable[[str, list[dict[str, Any]]], Awaitable[tuple[str, float, float]]]
 ScoreFn = Callable[[RouterPrompt, list[str]], Sequence[float]]
@@ -59,18 +60,6 @@ class AgenticResult:
     total_cost: float = 0.0
     stop_reason: str = "selected"
     decisions: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _legal(called: list[str], failed: list[str], n_ok: int, offered: list[str], pairable: set[str], max_calls: int) -> list[str]:
-    left = max_calls - n_ok
-    rest = [m for m in offered if m not in called]
-    acts = [select_key(m) for m in offered if m in called and m not in failed]
-    if left >= 1:
-        acts += rest
-    if left >= 2:
-        pr = [m for m in rest if m in pairable]
-        acts += [call_key([a, b]) for i, a in enumerate(pr) for b in pr[i + 1 :]]
-    return acts
 
 
 def _fallback_pick(calls: list[AgenticCall]) -> AgenticCall:
@@ -109,7 +98,7 @@ async def run_agentic(
     for _ in range(2 * max_calls + len(ids) + 1):
         all_calls = [c for t in turns for c in t]
         n_ok = sum(c.error is None for c in all_calls)
-        acts = _legal(called, failed, n_ok, ids, pairable, max_calls)
+        acts = legal_actions(called, ids, pairable, max_calls, failed, calls_counted=n_ok)
         n_legal = len(acts)
         acts = [a for a in acts if is_select_key(a) or spent + sum(est[m] for m in action_models(a)) <= budget + 1e-15]
         blocked = n_legal - len(acts)

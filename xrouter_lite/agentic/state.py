@@ -86,10 +86,11 @@ def signature(reads: Sequence[str | None]) -> tuple[int, ...]:
 
 
 def legal_actions(called: Sequence[str], offered: Sequence[str], pairable: set[str], max_calls: int,
-                  failed: Sequence[str] = ()) -> list[str]:
+                  failed: Sequence[str] = (), calls_counted: int | None = None) -> list[str]:
     """Action keys legal after ``called`` (in offered order): select an earlier answer (not a failed call), call one
-    model not yet called, call two pairable models at once (when two calls are left)."""
-    left = max_calls - len(called)
+    model not yet called, call two pairable models at once (when two calls are left). ``calls_counted``: the calls
+    that count against ``max_calls`` (default all of ``called``; the live runner does not count failed ones)."""
+    left = max_calls - (len(called) if calls_counted is None else calls_counted)
     rest = [m for m in offered if m not in called]
     acts = [select_key(m) for m in offered if m in called and m not in failed]
     if left >= 1:
