@@ -527,7 +527,6 @@ async def arun_cache(
 
     from .grading import is_correct
     from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
-    from .llm import aclose as aclose_http
 
     if cfg.batch:  # traversal hook: provider batch APIs (xrouter_lite.batch)
         from .batch import arun_batch
@@ -589,13 +588,6 @@ async def arun_cache(
     done = 0
 
     prog = _Progress(console, summary.planned, progress)
-
-    async def fsync_periodically() -> None:
-        # an fsync takes milliseconds and would stall every in-flight call if done on the event loop
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(FSYNC_INTERVAL_S)
-            await loop.run_in_executor(None, os.fsync, sync_fd)
 
     async def produce() -> None:
         nonlocal scheduled
@@ -663,8 +655,38 @@ async def arun_cache(
                 await budget.settle(reserve, actual)
             prog.update(done, summary.errors, budget.spent)
 
+    failure, cancelled = await run_workers(produce, work, cfg.concurrency, stop_event, sync_fd, prog, writer)
+    if stop_event.is_set():
+        summary.stopped = "interrupted"
+    summary.spent_usd = budget.spent
+    summary.budget_overruns = budget.overruns
+    summary.not_scheduled = summary.planned - scheduled
+    summary.elapsed_s = time.perf_counter() - t_start
+    if failure is not None:
+        raise failure
+    if cancelled:
+        raise asyncio.CancelledError
+    return summary
+
+
+async def run_workers(produce, work, concurrency: int, stop_event: asyncio.Event, sync_fd: int, prog, writer
+                      ) -> tuple[BaseException | None, bool]:
+    """The cache runners' shared supervision (``arun_cache`` and ``traversal.arun_cost_ordered``): one producer,
+    ``concurrency`` workers, a periodic fsync of ``sync_fd`` off the event loop; stops at the first failure, at
+    ``stop_event`` or when the workers are done; then cancels what runs (on a stop or a failure), closes the writer
+    (flush + fsync), the lock's descriptor and the HTTP sessions. Returns (the first failure, whether this was
+    cancelled from outside); the caller fills its summary, then raises the failure or ``CancelledError``."""
+    from .llm import aclose as aclose_http
+
+    async def fsync_periodically() -> None:
+        # an fsync takes milliseconds and would stall every in-flight call if done on the event loop
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FSYNC_INTERVAL_S)
+            await loop.run_in_executor(None, os.fsync, sync_fd)
+
     producer = asyncio.ensure_future(produce())
-    workers = [asyncio.ensure_future(work()) for _ in range(cfg.concurrency)]
+    workers = [asyncio.ensure_future(work()) for _ in range(concurrency)]
     stopper = asyncio.ensure_future(stop_event.wait())
     syncer = asyncio.ensure_future(fsync_periodically())
     failure: BaseException | None = None
@@ -679,12 +701,11 @@ async def arun_cache(
                         failure = f.exception()
                 if failure is not None or stopper in finished or all(w.done() for w in workers):
                     break
-    except asyncio.CancelledError:  # cancelled from outside: clean up like a stop, then re-raise
+    except asyncio.CancelledError:  # cancelled from outside: clean up like a stop, then re-raise (the caller)
         cancelled = True
         stop_event.set()
     finally:
-        interrupted = stop_event.is_set() or failure is not None
-        if interrupted:
+        if stop_event.is_set() or failure is not None:
             for f in (producer, *workers):
                 f.cancel()
         stopper.cancel()
@@ -693,17 +714,7 @@ async def arun_cache(
         writer.close()  # flush + fsync
         os.close(sync_fd)
         await aclose_http()
-        if stop_event.is_set():
-            summary.stopped = "interrupted"
-        summary.spent_usd = budget.spent
-        summary.budget_overruns = budget.overruns
-        summary.not_scheduled = summary.planned - scheduled
-        summary.elapsed_s = time.perf_counter() - t_start
-    if failure is not None:
-        raise failure
-    if cancelled:
-        raise asyncio.CancelledError
-    return summary
+    return failure, cancelled
 
 
 def run_cache(cfg: CacheConfig, *, pool: Pool | None = None, console=None, progress: bool | None = None

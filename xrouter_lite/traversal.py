@@ -366,7 +366,6 @@ async def arun_cost_ordered(cfg, *, pool: Pool | None = None, console=None, prog
     from . import cache as C
     from .grading import is_correct
     from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
-    from .llm import aclose as aclose_http
     from .records import RecordWriter, repair_torn_tail
 
     console = console or Console(stderr=True)
@@ -520,46 +519,12 @@ async def arun_cost_ordered(cfg, *, pool: Pool | None = None, console=None, prog
                 return
             await one_question(q)
 
-    async def fsync_periodically() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(C.FSYNC_INTERVAL_S)
-            await loop.run_in_executor(None, os.fsync, sync_fd)
-
-    producer = asyncio.ensure_future(produce())
-    workers = [asyncio.ensure_future(work()) for _ in range(cfg.concurrency)]
-    stopper = asyncio.ensure_future(stop_event.wait())
-    syncer = asyncio.ensure_future(fsync_periodically())
-    failure: BaseException | None = None
-    cancelled = False
-    try:
-        with prog:
-            pending: set[asyncio.Future] = {producer, *workers, stopper}
-            while True:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for f in finished:
-                    if f is not stopper and not f.cancelled() and f.exception() is not None:
-                        failure = f.exception()
-                if failure is not None or stopper in finished or all(w.done() for w in workers):
-                    break
-    except asyncio.CancelledError:
-        cancelled = True
-        stop_event.set()
-    finally:
-        if stop_event.is_set() or failure is not None:
-            for f in (producer, *workers):
-                f.cancel()
-        stopper.cancel()
-        syncer.cancel()
-        await asyncio.gather(producer, *workers, stopper, syncer, return_exceptions=True)
-        writer.close()
-        os.close(sync_fd)
-        await aclose_http()
-        if stop_event.is_set():
-            summary.stopped = "interrupted"
-        summary.spent_usd = budget.spent - spent_before
-        summary.budget_overruns = budget.overruns
-        summary.elapsed_s = time.perf_counter() - t_start
+    failure, cancelled = await C.run_workers(produce, work, cfg.concurrency, stop_event, sync_fd, prog, writer)
+    if stop_event.is_set():
+        summary.stopped = "interrupted"
+    summary.spent_usd = budget.spent - spent_before
+    summary.budget_overruns = budget.overruns
+    summary.elapsed_s = time.perf_counter() - t_start
     if failure is not None:
         raise failure
     if cancelled:
