@@ -18,10 +18,12 @@ for s in 0 1 2; do
     $PY -m xrouter_lite.cli pairs $W/cache.jsonl --pool configs/pool_routerbench.yaml -o $W/s$s --agentic --full-pool \
       --max-pairs-per-prompt 1 --lambda 0 --eval-fraction 0.2 --seed $s --val-fraction 0.2 --tokenizer none \
       --agentic-models $MODELS --agentic-lambda ${LAM:-0.1} --max-pairs-per-state 1 --max-agentic-pairs ${MAXA:-2200}
-    $PY -m xrouter_lite.cli train $W/s$s/dpo_train_data.json --model ${XROUTER_LITE_MODELS:-models}/SmolLM2-135M-Instruct -o $W/s$s/adapter \
+    timeout -s INT ${TRAIN_S:-100000} $PY -m xrouter_lite.cli train $W/s$s/dpo_train_data.json --model ${XROUTER_LITE_MODELS:-models}/SmolLM2-135M-Instruct -o $W/s$s/adapter \
       --epochs 1 --max-steps ${STEPS:-180} --set load_in_4bit=true --set recipe=packed --set precompute_ref_log_probs=true \
-      --set per_device_train_batch_size=16 --set gradient_accumulation_steps=1 --set gradient_checkpointing=false \
-      --set learning_rate=2.0e-4 --set logging_steps=20 --set save_steps=100000 --set report_to=[] --set seed=42
+      --set per_device_train_batch_size=${BS:-16} --set gradient_accumulation_steps=${GA:-1} --set gradient_checkpointing=false \
+      --set learning_rate=2.0e-4 --set logging_steps=20 --set save_steps=100000 --set report_to=[] --set seed=42 \
+      || echo "train exit $? (130: stopped by the time guard TRAIN_S, adapter saved)"
+    [ -f $W/s$s/adapter/adapter_config.json ] || { echo "no adapter saved"; exit 1; }
     timeout ${EVAL_S:-240} $PY -m xrouter_lite.cli eval --agentic --adapter $W/s$s/adapter --train-cache $W/cache.jsonl \
       --test-cache $W/s$s/test_cache.jsonl --pool configs/pool_routerbench.yaml -o $W/s$s/eval --seed $s \
       --agentic-models $MODELS --batch-size 16 --bootstrap 1000 --taus ${TAUS:-0,1,2,3,5,7,10,20,50,100}

@@ -94,6 +94,22 @@ def test_cluster_rule_picks_each_clusters_best_trade_off(pool_rb):
     assert r.route("What is 31 times 7?", off, tau=0.95).model_id == "gpt-3.5-turbo-1106"
 
 
+def test_logistic_router_learns_who_is_right_per_kind_of_question(pool_rb):
+    maths = ["What is 17 times 23?", "Compute 45 plus 78.", "How much is 12 squared?", "Divide 144 by 12.",
+             "What is 9 times 8?", "Subtract 17 from 90."]
+    poems = ["Write a short poem about the sea.", "Compose a haiku about autumn leaves.", "Write a limerick about a cat.",
+             "Write a sonnet about love.", "Write a poem about the moon.", "Compose a verse about spring rain."]
+    train = [_lp(f"m{i}", q, **{"claude-v1": (True, 1.0), "gpt-3.5-turbo-1106": (False, 0.1)}) for i, q in enumerate(maths)]
+    train += [_lp(f"p{i}", q, **{"claude-v1": (False, 1.0), "gpt-3.5-turbo-1106": (True, 0.1)}) for i, q in enumerate(poems)]
+    r = load_router("logistic", pool=pool_rb, train=train, logistic_c=10.0)
+    off = ["claude-v1", "gpt-3.5-turbo-1106"]
+    a, b = r.route_batch(["What is 31 times 7?", "Write a poem about mountains."], [pool_rb.subset(off)] * 2)
+    assert (a.model_id, b.model_id) == ("claude-v1", "gpt-3.5-turbo-1106")
+    assert a.base_scores["claude-v1"] > 0.5 > a.base_scores["gpt-3.5-turbo-1106"]
+    # a high tau prices the dear model out even where it is the one that is right
+    assert r.route("What is 31 times 7?", off, tau=5.0).model_id == "gpt-3.5-turbo-1106"
+
+
 def test_saved_router_folder_reloads_with_the_same_cost_vector(small_split, pool_rb, tmp_path):
     train, _ = small_split
     r = Router.load("cheapest", pool=pool_rb, train_cache=train)

@@ -436,7 +436,7 @@ def eval_cmd(
         None, "--config", "-c", help="Eval config YAML (see configs/eval.yaml); the options below override it."
     ),
     router: Optional[str] = typer.Option(
-        None, "--router", help="Router under test: knn, cluster, cheapest, strongest, random, lora:DIR or a router folder."
+        None, "--router", help="Router under test: knn, cluster, logistic, cheapest, strongest, random, lora:DIR or a router folder."
     ),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder of the router (omit: baselines only)."),
     n_clusters: Optional[int] = typer.Option(None, "--n-clusters", min=1, help="Router cluster: k-means clusters (default: sqrt(N/2))."),
@@ -494,7 +494,7 @@ def eval_cmd(
                 models=[m.strip() for m in agentic_models.split(",")] if agentic_models else None,
                 taus=[float(x) for x in taus.split(",") if x.strip()] if taus else None, seed=seed or 0,
                 val_fraction=val_fraction, bootstrap=bootstrap, batch_size=batch_size or 8, device=device,
-                max_queries=max_queries, log=lambda m: typer.echo(m, err=True),
+                max_queries=max_queries, log=lambda m: typer.echo(m, err=True), router=router,
             )
         except (ValueError, FileNotFoundError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -546,7 +546,7 @@ def eval_cmd(
 @app.command("serve")
 def serve_cmd(
     router: Optional[str] = typer.Option(
-        None, "--router", help="knn, cluster, cheapest, strongest, random (no GPU, no training) or lora (default with --adapter)."
+        None, "--router", help="knn, cluster, logistic, cheapest, strongest, random (no GPU, no training) or lora (default with --adapter)."
     ),
     train_cache: Optional[Path] = typer.Option(
         None, "--train-cache", help="Training cache of knn/cluster/strongest: their data and the cost vector of tau."
@@ -634,7 +634,7 @@ def serve_cmd(
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None
     if settings.adapter is None and (settings.router or "lora") == "lora":
-        typer.echo("error: no router: give --router NAME (knn, cluster, cheapest, strongest; no GPU) or --adapter DIR "
+        typer.echo("error: no router: give --router NAME (knn, cluster, logistic, cheapest, strongest; no GPU) or --adapter DIR "
                    "(or 'router:'/'adapter:' in the config)", err=True)
         raise typer.Exit(2)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
@@ -662,7 +662,7 @@ def calibrate_cmd(
     decisions: Optional[Path] = typer.Option(
         None, "--decisions", help="An evaluation's decisions.jsonl (with --cache: the cache it ran on): no router pass."
     ),
-    router: Optional[str] = typer.Option(None, "--router", help="With --cache: knn, cluster, lora:DIR or a router folder (default: lora with --adapter)."),
+    router: Optional[str] = typer.Option(None, "--router", help="With --cache: knn, cluster, logistic, lora:DIR or a router folder (default: lora with --adapter)."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="With --cache: the LoRA adapter folder."),
     train_cache: Optional[Path] = typer.Option(None, "--train-cache", help="With --cache: the router's training cache."),
     pool: Path = typer.Option(Path("configs/pool.yaml"), "--pool", help="Pool YAML."),

@@ -74,7 +74,7 @@ class EvalConfig(BaseModel):
     pool: str = "configs/pool_routerbench.yaml"
     out_dir: str = "runs/eval"
     router: str | None = Field(
-        None, description="router under test: knn, cluster, cheapest, strongest, random, lora:DIR or a router folder "
+        None, description="router under test: knn, cluster, logistic, cheapest, strongest, random, lora:DIR or a router folder "
         "(default: lora when adapter is set; neither: the baselines only)")
     adapter: str | None = Field(None, description="LoRA adapter folder; None evaluates the baselines only")
     extra_adapters: dict[str, str] = Field(

@@ -1,6 +1,6 @@
 """The one routing interface, the cost vector that ``tau`` multiplies, and the one factory.
 
-Every router (``lora``, ``knn``, ``cluster``, ``cheapest``, ``strongest``, ``random``, and the evaluation-only
+Every router (``lora``, ``knn``, ``cluster``, ``logistic``, ``cheapest``, ``strongest``, ``random``, and the evaluation-only
 ``oracle``/``best_single``/``single``) is a ``Router``: evaluation, the server, the calibration and Python code all
 build it with ``Router.load(spec)`` and ask it with the same call::
 
@@ -45,7 +45,7 @@ from .pool import ModelSpec, Pool, load_pool
 DEFAULT_EXPECTED_OUTPUT_TOKENS = 300
 ROUTER_FILE = "router.json"
 ROUTER_FILE_FORMAT = "xrouter-lite-router/1"
-ROUTER_NAMES = ("lora", "knn", "cluster", "cheapest", "strongest", "random")
+ROUTER_NAMES = ("lora", "knn", "cluster", "logistic", "cheapest", "strongest", "random")
 
 
 # ---- decisions ------------------------------------------------------------------------------------------------------
@@ -379,14 +379,14 @@ class Router:
 
 
 class RouterSpec(BaseModel):
-    """What ``Router.load`` builds. ``router``: a name (``lora``, ``knn``, ``cluster``, ``cheapest``,
+    """What ``Router.load`` builds. ``router``: a name (``lora``, ``knn``, ``cluster``, ``logistic``, ``cheapest``,
     ``strongest``, ``random``), ``lora:PATH``, or a folder (a LoRA adapter, or one holding ``router.json``)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     router: str = Field("lora", description="router name, lora:PATH, or a router/adapter folder")
     pool: str | Path | Pool | None = Field(None, description="pool YAML (or Pool); default configs/pool.yaml")
-    train_cache: str | Path | None = Field(None, description="training cache: kNN/cluster data, the cost vector")
+    train_cache: str | Path | None = Field(None, description="training cache: kNN/cluster/logistic data, the cost vector")
     adapter: str | Path | None = Field(None, description="LoRA adapter folder (router 'lora')")
     base_model: str | None = None
     mode: Literal["score", "generate"] = "score"
@@ -403,6 +403,7 @@ class RouterSpec(BaseModel):
     k: int = Field(10, ge=1, description="kNN neighbours")
     knn_max_seq_length: int | None = None
     n_clusters: int | None = Field(None, ge=1, description="cluster rule: k-means clusters (default sqrt(N/2))")
+    logistic_c: float = Field(1.0, gt=0, description="logistic router: inverse L2 strength of each model's classifier")
     seed: int = 0
 
 
@@ -497,7 +498,7 @@ def load_router(spec: str | Path | Mapping[str, Any] | RouterSpec, *, train: Seq
     kind, saved, s = _resolve_name(s)
     say = log or (lambda m: None)
     pool = s.pool if isinstance(s.pool, Pool) else load_pool(s.pool or "configs/pool.yaml")
-    needs_train = kind in ("knn", "cluster")
+    needs_train = kind in ("knn", "cluster", "logistic")
     if train is None and s.train_cache is not None:
         from .evaluate import load_prompts
 
@@ -545,6 +546,10 @@ def load_router(spec: str | Path | Mapping[str, Any] | RouterSpec, *, train: Seq
 
         r = ClusterRouter(train, n_clusters=s.n_clusters, seed=s.seed, device=s.device,
                           max_seq_length=s.knn_max_seq_length, **common)
+    elif kind == "logistic":
+        from .simple_routers import LogisticRouter
+
+        r = LogisticRouter(train, C=s.logistic_c, device=s.device, max_seq_length=s.knn_max_seq_length, **common)
     elif kind == "cheapest":
         from .simple_routers import CheapestRouter
 

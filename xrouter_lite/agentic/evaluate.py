@@ -85,9 +85,12 @@ def evaluate_agentic(
     train: Sequence[Question], test: Sequence[Question], pool: Pool, offered: Sequence[str], cfg: AgenticConfig, *,
     lams: Sequence[float] = LAMS, taus: Sequence[float] = TAUS, scores=None, val_scores_split=None,
     val_fraction: float = 0.2, cost_share_cap: float = 0.4, bootstrap: int = 1000, seed: int = 0, log=print,
+    emb=None, n_clusters: int | None = None,
 ) -> dict:
     """Every curve on ``test``; the operating point of each tunable policy chosen on a validation part of ``train``
-    (most accurate at <= ``cost_share_cap`` of the dearest model's cost there), then reported on ``test``."""
+    (most accurate at <= ``cost_share_cap`` of the dearest model's cost there), then reported on ``test``.
+    ``emb`` (prompt_id -> all-MiniLM-L6-v2 embedding of train and test questions): also the cluster table
+    (``table.py``: k-means of the training embeddings, then the exact-value table per cluster; the main curve)."""
     mc = cfg.max_calls
     dearest = max(offered, key=lambda m: sum(q.outcomes[m].cost for q in train))
     fit, val = split_validation(train, val_fraction, seed)
@@ -99,6 +102,21 @@ def evaluate_agentic(
     tables = {l: fit_table(train, pool, offered, cfg, l) for l in lams}
     curves["table"] = curve("exact-value table (lambda)", [(l, tables[l].act) for l in lams], test, mc)
     costs = mean_costs(train, offered)
+    ct_pick = None
+    if emb is not None:
+        from .table import ClusterTable, fit_clusters, nearest
+
+        def ctable(side, qs):
+            cents, labels = fit_clusters(np.stack([emb[q.prompt_id] for q in side]), n_clusters, seed)
+            t = ClusterTable(side, labels, offered, pairable_of(pool, offered, cfg), cfg)
+            cl = dict(zip((q.prompt_id for q in qs), nearest(cents, np.stack([emb[q.prompt_id] for q in qs]))))
+            return t, cl
+
+        t_fit, cl_val = ctable(fit, val)
+        v_pts = curve("cluster table", [(l, t_fit.policy(cl_val, l)) for l in lams], val, mc)["points"]
+        ct_pick = best_under(v_pts, cap_val)
+        t_all, cl_test = ctable(train, test)
+        curves["cluster_table"] = curve("cluster table (MiniLM k-means; tau = lambda)", [(l, t_all.policy(cl_test, l)) for l in lams], test, mc)
     if scores is not None:
         curves["agentic"] = curve("agentic router (tau)", [(t, ScoredPolicy(scores, costs, t)) for t in taus], test, mc)
         curves["oneshot"] = curve("one-shot router (tau)", [(t, oneshot_policy(scores, costs, t)) for t in taus], test, mc)
@@ -121,7 +139,7 @@ def evaluate_agentic(
         cs = cost_single[:, idx].sum(axis=1)
         return aiq(pts, float(cs.min()), float(cs[di]))
 
-    main = "agentic" if "agentic" in curves else "table"
+    main = "cluster_table" if "cluster_table" in curves else ("agentic" if "agentic" in curves else "table")
     full = np.arange(n)
 
     def margins(k, idx):
@@ -161,6 +179,9 @@ def evaluate_agentic(
     if pick is not None:
         tp = next(p for p in curves["table"]["points"] if p["knob"] == pick["knob"])
         report["table_operating_point"] = {"lam_on_validation": pick["knob"], "validation": _strip(pick), "test": _strip(tp)}
+    if ct_pick is not None:
+        tp = next(p for p in curves["cluster_table"]["points"] if p["knob"] == ct_pick["knob"])
+        report["cluster_table_operating_point"] = {"tau_on_validation": ct_pick["knob"], "validation": _strip(ct_pick), "test": _strip(tp)}
     if scores is not None and val_scores_split is not None:
         vq = val_scores_split
         vpts = curve("agentic", [(t, ScoredPolicy(scores, costs, t)) for t in taus], vq, mc)["points"]
@@ -201,6 +222,9 @@ def format_report(rep: dict) -> str:
     if "table_operating_point" in rep:
         o = rep["table_operating_point"]
         lines.append(f"  table: lambda {o['lam_on_validation']} chosen on validation -> test acc {o['test']['accuracy']:.1%} at {o['test']['total_cost'] / ref:.0%}")
+    if "cluster_table_operating_point" in rep:
+        o = rep["cluster_table_operating_point"]
+        lines.append(f"  cluster table: tau {o['tau_on_validation']} chosen on validation -> test acc {o['test']['accuracy']:.1%} at {o['test']['total_cost'] / ref:.0%}")
     if "agentic_operating_point" in rep:
         o = rep["agentic_operating_point"]
         lines.append(f"  agentic: tau {o['tau_on_validation']} chosen on validation -> test acc {o['test']['accuracy']:.1%} at {o['test']['total_cost'] / ref:.0%}")
@@ -228,7 +252,9 @@ def lora_score_fn(router, max_prompt_tokens: int | None = 8192):
 
 def run_eval_cli(*, train_cache, test_cache, pool, out_dir, adapter=None, base_model=None, max_calls=3, models=None,
                  taus=None, seed=0, val_fraction=0.2, bootstrap=1000, batch_size=8, device=None, max_queries=None,
-                 log=print) -> str:
+                 log=print, router=None, n_clusters=None) -> str:
+    """``router="cluster"``: the cluster table too (the policy ``serve --router cluster`` runs for router-agentic),
+    on all-MiniLM-L6-v2 embeddings of the training and held-out questions."""
     import json
     from pathlib import Path
 
@@ -269,8 +295,21 @@ def run_eval_cli(*, train_cache, test_cache, pool, out_dir, adapter=None, base_m
                               batch=batch_size, log=log)
         save_scores(scores, sp)
         scores = load_scores(sp)
+    emb = None
+    if router not in (None, "lora", "cluster"):
+        raise ValueError(f"eval --agentic --router {router!r}: the agentic policies are the LoRA router's (--adapter) "
+                         "and the cluster table's (--router cluster)")
+    if router == "cluster":
+        from ..simple_routers import load_encoder
+
+        qs = train + test
+        log(f"agentic: embedding {len(qs)} questions (all-MiniLM-L6-v2) for the cluster table")
+        e = load_encoder(device).encode([q.prompt for q in qs], batch_size=64, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
+        emb = {q.prompt_id: v for q, v in zip(qs, e)}
     rep = evaluate_agentic(train, test, the_pool, offered, cfg, taus=taus, scores=scores, val_scores_split=val,
-                           val_fraction=val_fraction, bootstrap=bootstrap, seed=seed, log=log)
+                           val_fraction=val_fraction, bootstrap=bootstrap, seed=seed, log=log, emb=emb,
+                           n_clusters=n_clusters)
     rep["offered"] = offered
     text = format_report(rep)
     (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n", encoding="utf-8")

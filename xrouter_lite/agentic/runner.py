@@ -6,7 +6,8 @@
 - ``call(model_id, messages) -> (text, cost_usd, latency_s)`` (async) calls one model; an exception is a failed call.
 - ``score(prompt, actions) -> [logp, ...]`` (sync, run in a thread) scores the legal actions of the rendered state
   (``prompting.build_agentic_prompt``); the decision is ``policy.decide_action`` (logp - tau x normalised cost):
-  the same rule as the replay.
+  the same rule as the replay. Or ``decide(turns, actions) -> action`` (the cluster table, ``table.py``): the
+  same function as its replay.
 - Two models chosen at once are called in parallel (``asyncio.gather``).
 - Budget: an action whose estimated cost (``estimate(spec)``, USD) would take the spent total over ``max_cost_usd``
   is not legal, so escalation stops before overspending; actual costs are what is counted.
@@ -38,6 +39,9 @@ from .state import legal_actions
 
 CallFn = Callable[[str, list[dict[str, Any]]], Awaitable[tuple[str, float, float]]]
 ScoreFn = Callable[[RouterPrompt, list[str]], Sequence[float]]
+# decide(turns so far, legal actions) -> action: a policy that decides without scoring prompts (the cluster table,
+# ``table.ClusterTable.decide``); ``score`` is then not used
+DecideFn = Callable[[list[list[AgenticCall]], list[str]], str]
 
 
 class AllCallsFailedError(RuntimeError):
@@ -80,6 +84,7 @@ async def run_agentic(
     estimate: Callable[[ModelSpec], float] | None = None,
     costs: Mapping[str, float] | None = None,
     pair_tiers: Sequence[str] = ("budget", "standard"),
+    decide: DecideFn | None = None,
 ) -> AgenticResult:
     offered = list(offered)
     ids = [s.id for s in offered]
@@ -109,6 +114,12 @@ async def run_agentic(
             break
         if len(acts) == 1 and is_select_key(acts[0]):
             a = acts[0]
+        elif decide is not None:
+            t0 = time.perf_counter()
+            a = await asyncio.to_thread(decide, turns, acts)
+            if a not in acts:
+                raise ValueError(f"the agentic policy chose {a!r}, not among the legal actions {acts}")
+            res.decisions.append({"action": a, "legal": len(acts), "latency": round(time.perf_counter() - t0, 6)})
         else:
             prompt = build_agentic_prompt(list(messages), offered, turns, max_calls)
             t0 = time.perf_counter()

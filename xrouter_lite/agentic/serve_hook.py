@@ -2,6 +2,10 @@
 ``agentic_chat`` for these model names and nothing else changes there; this module adapts the server's pieces
 (pool, budgets and ledger, upstream calls, scrubbing, the loaded router) to ``runner.run_agentic``.
 
+The policy: the trained LoRA router scores each state's actions; a server of the cluster router
+(``--router cluster --train-cache CACHE``) decides with the exact-value table over its clusters (``table.py``),
+where the tau of ``router-agentic-<tau>`` is the table's lambda.
+
 Request extras (``extra_body``): ``models`` (offered subset), ``max_cost_usd`` (counts every call of the
 trajectory), ``max_calls`` (default 3). ``router_metadata``: model_used, total_cost, router_cost,
 target_models_cost, routing_strategy (direct | select | escalate), call_history (every call: model_id, cost,
@@ -15,7 +19,7 @@ import math
 import time
 from typing import Any
 
-from ..prompting import DEFAULT_MAX_CALLS
+from ..prompting import DEFAULT_MAX_CALLS, conversation_to_query
 from .runner import AllCallsFailedError, BudgetError, run_agentic
 
 AGENTIC_MODEL = "router-agentic"
@@ -40,6 +44,20 @@ def _tau(srv, name: str) -> float:
     return tau
 
 
+def cluster_table(srv):
+    """The agentic table over the served cluster router's clusters (built once, from --train-cache)."""
+    import threading
+
+    lock = srv.__dict__.setdefault("_agentic_table_lock", threading.Lock())
+    with lock:
+        t = getattr(srv, "agentic_table", None)
+        if t is None:
+            from .table import build_from_cluster_router
+
+            t = srv.agentic_table = build_from_cluster_router(srv.router, srv.settings.train_cache, srv.pool)
+        return t
+
+
 def lora_scorer(router):
     """score(prompt, actions) over a loaded ``LoRARouter`` (the same scorer as ``eval --agentic``)."""
     from .evaluate import lora_score_fn
@@ -62,12 +80,28 @@ async def agentic_chat(srv, req, messages, params, rid: str, t0: float):
     max_calls = extra.get("max_calls", DEFAULT_MAX_CALLS)
     if not isinstance(max_calls, int) or isinstance(max_calls, bool) or not 1 <= max_calls <= 4:
         raise ApiError(400, "'max_calls' must be an integer from 1 to 4", param="max_calls", code="invalid_value")
-    score = getattr(srv, "agentic_score", None)
-    if score is None:
-        if not hasattr(srv.router, "_score_batch"):
-            raise ApiError(400, "this server's router cannot score agentic states (it needs the trained LoRA router)",
-                           param="model", code="invalid_model")
-        score = srv.agentic_score = lora_scorer(srv.router)
+    score = decide = None
+    if hasattr(srv.router, "clusters_of"):  # the cluster router: the exact-value table over its clusters (table.py)
+        if srv.settings.train_cache is None:
+            raise ApiError(400, "router-agentic with the cluster router needs the training cache the router was built "
+                           "from (serve --train-cache CACHE)", param="model", code="invalid_model")
+        table = await asyncio.to_thread(cluster_table, srv)
+        from .table import nearest
+
+        e = await asyncio.to_thread(srv.router._embed, [conversation_to_query(list(messages))])
+        cl = nearest(table.centroids, e)[0]
+
+        def decide(turns, acts):
+            reads = {c.model_id: c.read for t in turns for c in t if c.error is None}
+            return table.decide(cl, reads, acts, tau)
+    else:
+        score = getattr(srv, "agentic_score", None)
+        if score is None:
+            if not hasattr(srv.router, "_score_batch"):
+                raise ApiError(400, "this server's router cannot decide agentic states: serve the trained LoRA router "
+                               "or the cluster router (--router cluster --train-cache CACHE)", param="model",
+                               code="invalid_model")
+            score = srv.agentic_score = lora_scorer(srv.router)
     budget = req.max_cost_usd if req.max_cost_usd is not None else (
         s.request_budget_usd if s.request_budget_usd is not None else math.inf)
 
@@ -111,7 +145,7 @@ async def agentic_chat(srv, req, messages, params, rid: str, t0: float):
 
     try:
         res = await run_agentic(messages, offered, call, score, tau=tau, max_calls=max_calls,
-                                max_cost_usd=None if math.isinf(budget) else budget, estimate=est)
+                                max_cost_usd=None if math.isinf(budget) else budget, estimate=est, decide=decide)
     except BudgetError:
         raise ApiError(402, "no offered model fits the request budget", "insufficient_quota", param="max_cost_usd",
                        code="request_budget_exceeded") from None

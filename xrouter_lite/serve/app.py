@@ -663,7 +663,7 @@ def load_router(settings: ServeSettings, pool: Pool) -> BaseRouter:
 
     name = settings.router or "lora"
     if name == "lora" and settings.adapter is None:
-        raise ValueError("no router: give --router NAME (knn, cluster, cheapest, strongest) or --adapter DIR")
+        raise ValueError("no router: give --router NAME (knn, cluster, logistic, cheapest, strongest) or --adapter DIR")
     return build(
         name, pool=pool, adapter=settings.adapter, train_cache=settings.train_cache, base_model=settings.base_model,
         mode=settings.router_mode, default_model=settings.default_model, device=settings.device,

@@ -15,7 +15,7 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     router: str | None = Field(
-        None, description="Router: knn, cluster, cheapest, strongest, random, lora, lora:DIR or a router folder "
+        None, description="Router: knn, cluster, logistic, cheapest, strongest, random, lora, lora:DIR or a router folder "
         "(default: lora with 'adapter')")
     train_cache: Path | None = Field(None, description="Training cache of knn/cluster/strongest (and the cost vector)")
     adapter: Path | None = Field(None, description="LoRA adapter folder of the trained router")
