@@ -110,6 +110,27 @@ def test_logistic_router_learns_who_is_right_per_kind_of_question(pool_rb):
     assert r.route("What is 31 times 7?", off, tau=5.0).model_id == "gpt-3.5-turbo-1106"
 
 
+def test_logistic_router_on_a_cost_ordered_cache_weights_the_explored_questions(pool_rb):
+    """A cost-ordered cache never calls the dear model where the cheap one was right: unweighted, its classifier sees
+    only the hard questions and thinks it is always wrong on easy ones; the explored question (every model called)
+    stands for those it never saw, with weight 1 / explored share."""
+    easy = [f"Add {i} and {i + 1}." for i in range(10)]
+    hard = [f"Prove the conjecture number {i} about primes." for i in range(10)]
+    cheap, dear = "gpt-3.5-turbo-1106", "claude-v1"
+    train = [_lp(f"e{i}", q, **{cheap: (True, 0.1)}) for i, q in enumerate(easy[:-1])]  # stopped at the cheap model
+    train.append(_lp("e9", easy[-1], **{cheap: (True, 0.1), dear: (True, 1.0)}))  # explored: every model called
+    train += [_lp(f"h{i}", q, **{cheap: (False, 0.1), dear: (i % 2 == 0, 1.0)}) for i, q in enumerate(hard)]
+    plain = load_router("logistic", pool=pool_rb, train=train, logistic_c=10.0)
+    from xrouter_lite.simple_routers import LogisticRouter
+
+    weighted = LogisticRouter(train, C=10.0, explored={"e9"}, cost_per_query=plain.cost_per_query)
+    assert weighted.explored_share == pytest.approx(1 / 20)
+    q = "Add 40 and 41."
+    assert weighted.p_correct([q])[0][dear] > plain.p_correct([q])[0][dear]
+    with pytest.raises(ValueError, match="no explored question"):
+        LogisticRouter(train, explored=set())
+
+
 def test_saved_router_folder_reloads_with_the_same_cost_vector(small_split, pool_rb, tmp_path):
     train, _ = small_split
     r = Router.load("cheapest", pool=pool_rb, train_cache=train)

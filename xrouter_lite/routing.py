@@ -549,7 +549,10 @@ def load_router(spec: str | Path | Mapping[str, Any] | RouterSpec, *, train: Seq
     elif kind == "logistic":
         from .simple_routers import LogisticRouter
 
-        r = LogisticRouter(train, C=s.logistic_c, device=s.device, max_seq_length=s.knn_max_seq_length, **common)
+        from .traversal import explored_ids
+
+        r = LogisticRouter(train, C=s.logistic_c, device=s.device, max_seq_length=s.knn_max_seq_length,
+                           explored=explored_ids(s.train_cache) if s.train_cache is not None else None, **common)
     elif kind == "cheapest":
         from .simple_routers import CheapestRouter
 

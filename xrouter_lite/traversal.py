@@ -103,6 +103,20 @@ def complete_rows(prompts: list) -> list:
     return [p for p in prompts if len(p.outcomes) == len(present)]
 
 
+def explored_ids(cache: str | Path) -> set[str] | None:
+    """The exploration sample of a cost-ordered cache (question ids whose lines say ``"traversal": "explore"``);
+    None for a cache with no cost-ordered line (a full traversal: every label is known)."""
+    from .records import iter_records
+
+    explored, ordered = set(), False
+    for _ln, r in iter_records(cache):
+        if r.traversal == "explore":
+            explored.add(r.prompt_id)
+        elif r.traversal == "cost-ordered":
+            ordered = True
+    return explored if ordered else None
+
+
 def _input_tokens(prompt: str, system_prompt: str | None = None) -> int:
     from .cache import _count_tokens, _messages
 
