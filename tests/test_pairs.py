@@ -190,6 +190,23 @@ def test_several_subsets_per_prompt_are_distinct(rb_small, pool_rb, tmp_path):
     assert full.router_prompts == full.prompts_read  # only one full subset exists
 
 
+def test_one_fixed_offered_set_in_a_given_order(rb_small, pool_rb, tmp_path):
+    """pairs.offered_models with subset_mode full and no shuffling: every router prompt offers exactly those
+    models, in that order (the evaluation's offered set: one static prompt prefix for all the pairs)."""
+    four = ["mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat", "zero-one-ai/Yi-34B-Chat", "gpt-4-1106-preview"]
+    cfg = PairsConfig(offered_models=four, subset_mode="full", shuffle_offered=False, max_pairs_per_prompt=None,
+                      reward={"lam": 0.0})
+    rep = run_pairs(rb_small, pool_rb, cfg, out_dir=tmp_path)
+    rows = rows_of(tmp_path / TRAIN_FILE)
+    assert rows and rep.offered_sizes == {"4": rep.router_prompts}
+    for row in rows:
+        assert row["offered_models"] == four
+        assert {row["chosen_model"], row["rejected_model"]} <= set(four)
+        assert row["reward_chosen"] > row["reward_rejected"]  # lam 0: a right answer against a wrong one
+    with pytest.raises(ValueError, match="offered_models"):
+        run_pairs(rb_small, pool_rb, PairsConfig(offered_models=["no/such-model", four[0]]))
+
+
 def test_split_is_exact_and_seeded():
     ids = [f"p{i}" for i in range(1000)]
     a = split_prompt_ids(ids, 0.25, 0)

@@ -259,16 +259,21 @@ def test_script_flags_cover_every_setting(repo):
 # ---- equivalence with TRL's own DPO loss -------------------------------------------------------------------------
 
 
-def _equivalence(model_path: Path, pairs: list[dict], tmp_path: Path, loss_type: str):
+def _equivalence(model_path: Path, pairs: list[dict], tmp_path: Path, loss_type: str, **cfg_kw):
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from xrouter_lite.train import build_trainer, load_model, load_tokenizer, pairs_dataset, resolve_precision, tokenize_pairs
+    from xrouter_lite.train import (
+        build_trainer, load_model, load_tokenizer, pairs_dataset, resolve_precision, share_whole_prompts, tokenize_pairs,
+    )
 
     cfg = small_cfg(model_path, tmp_path / "unused.json", tmp_path / "eq", load_in_4bit=False, loss_type=loss_type,
-                    precompute_ref_log_probs=False, gradient_checkpointing=False)
+                    precompute_ref_log_probs=False, gradient_checkpointing=False, **cfg_kw)
     tok = load_tokenizer(cfg)
-    ds = pairs_dataset(tokenize_pairs(pairs, tok, 4096))
+    tp = tokenize_pairs(pairs, tok, 4096)
+    if cfg.share_scope == "prompt":
+        share_whole_prompts(tp)
+    ds = pairs_dataset(tp)
     precision = resolve_precision(cfg)
     trainer = build_trainer(cfg, load_model(cfg, precision), tok, ds, precision=precision)
     torch.manual_seed(0)
@@ -286,6 +291,8 @@ def _equivalence(model_path: Path, pairs: list[dict], tmp_path: Path, loss_type:
         theirs_m = {k: v[-1] for k, v in trainer._metrics["train"].items() if isinstance(v, list) and v}
         ref_ours = trainer.compute_ref_log_probs(trainer.model, packed)
         ref_theirs = DPOTrainer.compute_ref_log_probs(trainer, trainer.model, unpacked)
+    _equivalence.trainer = trainer
+    _equivalence.batch = packed
     return ours, theirs, ours_m, theirs_m, ref_ours, ref_theirs
 
 
@@ -332,6 +339,53 @@ def test_shared_prefix_batch_gives_trl_loss(smol_cut, shared_data, pool_rb, tmp_
     assert batch["input_ids"].shape[0] == 2  # 3 pairs in one row + the other offered set
     plain = PackedPreferenceCollator(pad_token_id=0)(ex)
     assert (batch["segment_ids"] != 3).sum() < 0.6 * (plain["segment_ids"] != 3).sum()  # far fewer tokens
+
+
+def test_top_layer_lora_shares_the_frozen_trunk(smol_cut, real_pairs, tmp_path):
+    """LoRA on the top layer only (lora_top_layers) and the pairs of one question in one row (share_scope: prompt):
+    the frozen layers below run once per batch for the policy and the reference, and the loss, log-probs and
+    gradients are still TRL's own (real SmolLM2 weights, CPU)."""
+    q = real_pairs[0]
+    two = [q, {**q, "chosen": q["rejected"], "rejected": q["chosen"],
+               "chosen_model": q["rejected_model"], "rejected_model": q["chosen_model"]}, real_pairs[1]]
+    ours, theirs, om, tm, ref_o, ref_t = _equivalence(smol_cut, two, tmp_path, "sigmoid", lora_top_layers=1,
+                                                      share_scope="prompt")
+    trainer, batch = _equivalence.trainer, _equivalence.batch
+    assert trainer._trunk_plan() is not None and trainer._trunk_plan()[1] == LAYERS_FAST - 1
+    assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if ".layers.0." in n)
+    assert batch["input_ids"].shape[0] == 2  # the two pairs of one question share one row
+    assert set(batch["pair_ids"][0].tolist()) - {-1} == {0, 1} and set(batch["pair_ids"][1].tolist()) - {-1} == {2}
+    assert abs(ours.item() - theirs.item()) < 1e-3, (ours.item(), theirs.item())
+    assert abs(ours.item() - math.log(2)) > 1e-3
+    for key in ("logps/chosen", "logps/rejected", "rewards/margins"):
+        assert om[key] == pytest.approx(tm[key], abs=2e-3), key
+    for a, b in zip(ref_o, ref_t):
+        assert torch.allclose(a, b, atol=2e-3), (a, b)
+
+    def grads():
+        trainer.model.zero_grad()
+        trainer._compute_loss(trainer.model, batch, False).backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    shared = grads()
+    trainer._trunk = None  # the plain path: every layer, twice
+    plain = grads()
+    assert shared.keys() == plain.keys() and shared
+    for n in shared:
+        assert torch.allclose(shared[n], plain[n], rtol=1e-3, atol=1e-6), n
+
+
+def test_prompt_grouped_sampler_keeps_a_questions_pairs_together():
+    from xrouter_lite.train import PromptGroupedSampler
+
+    prompts = [[1, 2], [3], [1, 2], [4], [3], [1, 2]]
+    s = PromptGroupedSampler(prompts, seed=1)
+    order = list(s)
+    assert sorted(order) == list(range(6)) and len(s) == 6
+    runs = [tuple(prompts[i]) for i in order]
+    assert len([k for j, k in enumerate(runs) if j == 0 or runs[j - 1] != k]) == 3  # each question once, whole
+    s.set_epoch(1)
+    assert sorted(s) == list(range(6))
 
 
 @pytest.mark.slow

@@ -89,6 +89,11 @@ class PairsConfig(BaseModel):
     max_offered: int | None = Field(None, ge=2, description="None: every model with a valid answer")
     subsets_per_prompt: int = Field(1, ge=1)
     shuffle_offered: bool = True
+    offered_models: list[str] | None = Field(
+        None, description="draw the offered subsets from these models only (None: the whole pool); with "
+        "subset_mode full and shuffle_offered false every router prompt offers exactly them, in this order (the "
+        "evaluation's offered_models: one static prompt prefix, shared by the pairs of a batch)"
+    )
     eval_fraction: float = Field(0.0, ge=0, lt=1)
     val_fraction: float = Field(
         0.0, ge=0, lt=1,
@@ -285,8 +290,8 @@ def sample_offered(candidates: list[str], pool: Pool, cfg: PairsConfig, rng: ran
                         chosen.append(by_tier[t].pop())
     if cfg.shuffle_offered:
         rng.shuffle(chosen)
-    else:
-        order = {m: i for i, m in enumerate(pool.ids)}
+    else:  # the candidates' order: the pool's, or pairs.offered_models'
+        order = {m: i for i, m in enumerate(candidates)}
         chosen.sort(key=order.__getitem__)
     return chosen
 
@@ -532,6 +537,9 @@ def run_pairs(
     ``cfg.max_prompt_tokens`` (too long: ``strict`` fails, else the router prompt is skipped and counted; nothing
     is ever truncated)."""
     cache_path = Path(cache_path)
+    missing = [m for m in cfg.offered_models or [] if m not in pool]
+    if missing:
+        raise ValueError(f"pairs.offered_models: {missing} not in the pool {pool.source}")
     stats = InputStats()
     groups = load_groups(cache_path, pool, strict=cfg.strict, stats=stats)
     partial_ids = {pid for pid, g in groups.items() if g.unknown()}
@@ -590,7 +598,7 @@ def run_pairs(
                 rep.prompts_too_few_models += 1
                 continue
             side = "eval" if pid in eval_ids else "train"
-            candidates = [m for m in pool.ids if m in valid or m in unknown]
+            candidates = [m for m in (cfg.offered_models or pool.ids) if m in valid or m in unknown]
             rng = prompt_rng(cfg.seed, pid)
             seen: set[frozenset[str]] = set()
             any_pair = False

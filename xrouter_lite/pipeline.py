@@ -174,6 +174,9 @@ def check_pipeline(config_path: str | Path, *, smoke: bool = False, cuda: bool |
     for i, m in enumerate(ecfg.offered_models or []):
         if m not in pool:
             raise PipelineConfigError(where, f"model {m!r} is not in the pool {cfg.pool}", key=f"eval.offered_models.{i}")
+    for i, m in enumerate(pcfg.offered_models or []):
+        if m not in pool:
+            raise PipelineConfigError(where, f"model {m!r} is not in the pool {cfg.pool}", key=f"pairs.offered_models.{i}")
     if ecfg.default_model is not None and ecfg.default_model not in pool:
         raise PipelineConfigError(where, f"model {ecfg.default_model!r} is not in the pool {cfg.pool}", key="eval.default_model")
     return PipelinePlan(cfg, out, imp, gen, pcfg, tcfg, ecfg)

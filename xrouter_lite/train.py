@@ -109,12 +109,22 @@ class TrainConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="TRL disables dropout in the model by default (disable_dropout)")
     lora_target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_top_layers: int | None = Field(
+        None, ge=1, description="LoRA on the top N decoder layers only (None: all): the layers below carry no adapter, "
+        "so without gradient checkpointing the backward stops at the first adapted layer and keeps no activation below it"
+    )
     disable_dropout: bool = True
 
     # DPO
     recipe: Literal["packed", "trl"] = Field("packed", description="packed: one row per pair (prompt once); trl: TRL's two rows")
     share_prefix: bool = Field(
         True, description="packed: pairs of a batch offered the same models share one forward of the static prompt prefix"
+    )
+    share_scope: Literal["static", "prompt"] = Field(
+        "static", description="with share_prefix: 'static': the pairs of a batch offered the same models share the "
+        "system text + tools (one row per offered set); 'prompt': the pairs of one question (the same whole prompt) "
+        "share all of it, one row per question, and batches take whole questions (a CPU's attention over long rows "
+        "costs more than the prefix it saves; a question's pairs share ~1,000 tokens)"
     )
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
@@ -365,6 +375,40 @@ def tokenize_pairs(
     return out
 
 
+def share_whole_prompts(tok: TokenizedPairs) -> None:
+    """``share_scope: prompt``: each pair's shared part is its whole prompt (but the last token, which heads each
+    answer branch), so the collator puts the pairs of one question in one row."""
+    tok.columns["prefix_len"] = [len(ids) - 1 for ids in tok.columns["prompt_ids"]]
+
+
+class PromptGroupedSampler:
+    """Indices of the pairs with the questions in a seeded random order and each question's pairs together (so a
+    batch holds whole questions, and ``share_scope: prompt`` shares each question's prompt within the batch)."""
+
+    def __init__(self, prompt_ids: list[list[int]], seed: int = 0):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, ids in enumerate(prompt_ids):
+            groups.setdefault(tuple(ids), []).append(i)
+        self.groups = list(groups.values())
+        self.seed = seed
+        self.epoch = 0
+        self.n = len(prompt_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import random
+
+        order = list(range(len(self.groups)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        for g in order:
+            yield from self.groups[g]
+
+
 def pairs_dataset(tok: TokenizedPairs):
     from datasets import Dataset
 
@@ -414,6 +458,7 @@ def _trainer_classes():
             *args,
             packed: bool = True,
             share_prefix: bool = False,
+            share_scope: str = "static",
             group_by_length: bool = False,
             ref_cache_dir: str | None = None,
             ref_cache_key: str | None = None,
@@ -421,6 +466,7 @@ def _trainer_classes():
         ):
             self.packed = packed
             self.share_prefix = packed and share_prefix
+            self.by_prompt = self.share_prefix and share_scope == "prompt"
             self.group_by_length = group_by_length
             self.ref_cache_dir = ref_cache_dir
             self.ref_cache_key = ref_cache_key
@@ -473,6 +519,8 @@ def _trainer_classes():
 
         def _get_train_sampler(self, *args, **kwargs):
             ds = self.train_dataset
+            if self.by_prompt and ds is not None:
+                return PromptGroupedSampler(ds["prompt_ids"], seed=self.args.seed)
             if self.group_by_length and ds is not None and "length" in (ds.column_names or []):
                 return LengthGroupedSampler(
                     self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=list(ds["length"])
@@ -480,21 +528,73 @@ def _trainer_classes():
             return super()._get_train_sampler(*args, **kwargs)
 
         # -- the packed forward
-        def _packed_forward(self, model, inputs):
+        def _packed_mask(self, inputs):
             dtype = self.accelerator.unwrap_model(self.model).dtype
-            mask = block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype, inputs.get("pair_ids"))
-            if not fused_lm_head:
-                out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
-                            use_cache=False)
-                return log_probs_from_logits(out.logits, inputs["shift_labels"])
-            return model(
-                input_ids=inputs["input_ids"],
-                attention_mask=mask,
-                position_ids=inputs["position_ids"],
-                shift_labels=inputs["shift_labels"],
-                fused_lm_head=True,
-                use_cache=False,
-            )
+            return block_causal_mask(inputs["segment_ids"], self._attn_impl, dtype, inputs.get("pair_ids"))
+
+        def _packed_forward(self, model, inputs, mask=None, hidden=None):
+            """Log-probs at the answer positions. With ``hidden`` (the frozen trunk's output, ``_frozen_trunk``)
+            only the decoder layers above the trunk run, on those hidden states."""
+            mask = self._packed_mask(inputs) if mask is None else mask
+            feed = {"input_ids": inputs["input_ids"]} if hidden is None else {"inputs_embeds": hidden}
+            with contextlib.nullcontext() if hidden is None else self._layers_above_trunk():
+                if not fused_lm_head:
+                    out = model(**feed, attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False)
+                    return log_probs_from_logits(out.logits, inputs["shift_labels"])
+                return model(
+                    **feed,
+                    attention_mask=mask,
+                    position_ids=inputs["position_ids"],
+                    shift_labels=inputs["shift_labels"],
+                    fused_lm_head=True,
+                    use_cache=False,
+                )
+
+        # -- the frozen trunk: with LoRA on the top layers only (lora_top_layers), the layers below carry no adapter,
+        # so the policy and the reference compute the same hidden states there: computed once per batch, no grad
+        def _trunk_plan(self):
+            """(decoder stack, number of its lower layers without a trainable parameter), or None where the trunk
+            cannot be shared: not the packed recipe, reference log-probs precomputed or from a separate model,
+            gradient checkpointing on, not a Llama-style stack (embed_tokens, layers, norm), or no frozen layer."""
+            if hasattr(self, "_trunk"):
+                return self._trunk
+            self._trunk = None
+            if not (self.packed and not self.precompute_ref_logps and self.ref_model is None
+                    and not self.args.gradient_checkpointing and is_peft_model(self.model)):
+                return None
+            base = self.accelerator.unwrap_model(self.model).get_base_model()
+            dec = getattr(base, "model", None)
+            layers = getattr(dec, "layers", None)
+            if not (isinstance(layers, torch.nn.ModuleList) and hasattr(dec, "embed_tokens") and hasattr(dec, "norm")):
+                return None
+            k = 0
+            while k < len(layers) and not any(p.requires_grad for p in layers[k].parameters()):
+                k += 1
+            if k == 0 or k == len(layers) or any(p.requires_grad for p in dec.embed_tokens.parameters()):
+                return None
+            self._trunk = (dec, k)
+            return self._trunk
+
+        @contextlib.contextmanager
+        def _swap_layers(self, layers, norm):
+            dec, _ = self._trunk
+            saved = dec.layers, dec.norm
+            dec.layers, dec.norm = layers, norm
+            try:
+                yield
+            finally:
+                dec.layers, dec.norm = saved
+
+        def _layers_above_trunk(self):
+            dec, k = self._trunk
+            return self._swap_layers(torch.nn.ModuleList(list(dec.layers)[k:]), dec.norm)
+
+        def _trunk_hidden(self, inputs, mask):
+            """The hidden states entering the first adapted layer (embeddings + the frozen layers, no grad)."""
+            dec, k = self._trunk
+            with torch.no_grad(), self._swap_layers(torch.nn.ModuleList(list(dec.layers)[:k]), torch.nn.Identity()):
+                return dec(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
+                           use_cache=False).last_hidden_state
 
         def compute_ref_log_probs(self, model, inputs):
             if not self.packed:
@@ -568,11 +668,23 @@ def _trainer_classes():
             if return_outputs:
                 raise ValueError("the packed recipe computes no logits; use prediction_loss_only=True")
             mode = "train" if self.model.training else "eval"
-            outputs = self._packed_forward(model, inputs)
+            hidden = None
+            if self._trunk_plan() is not None:  # the frozen layers once for the policy and the reference
+                mask = self._packed_mask(inputs)
+                hidden = self._trunk_hidden(inputs, mask)
+                outputs = self._packed_forward(model, inputs, mask, hidden)
+            else:
+                outputs = self._packed_forward(model, inputs)
             seg, labels = inputs["segment_ids"], inputs["shift_labels"]
             chosen_logps, rejected_logps = self._pair_logps(outputs, inputs)
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            elif hidden is not None:
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+                with torch.no_grad(), ctx, self.accelerator.autocast():
+                    ref_out = self._packed_forward(model, inputs, mask, hidden)
+                ref_chosen, ref_rejected = self._pair_logps(ref_out, inputs)
             else:
                 ref_chosen, ref_rejected = self.compute_ref_log_probs(self.model, inputs)
             chosen_logratios = chosen_logps - ref_chosen
@@ -776,17 +888,27 @@ def keep_cpu_4bit_trainable(model) -> int:
     return n
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, num_layers: int | None = None):
+    """peft's LoraConfig for ``cfg``; ``num_layers`` (the base model's decoder layer count) is needed with
+    ``lora_top_layers``."""
     from peft import LoraConfig
 
     targets: Any = cfg.lora_target_modules
     if targets == ["all-linear"]:
         targets = "all-linear"
+    layers: list[int] | None = None
+    if cfg.lora_top_layers is not None:
+        if num_layers is None:
+            raise TrainConfigError("lora_top_layers: the base model's number of decoder layers is unknown")
+        if cfg.lora_top_layers > num_layers:
+            raise TrainConfigError(f"lora_top_layers: {cfg.lora_top_layers} is more than the model's {num_layers} decoder layers")
+        layers = list(range(num_layers - cfg.lora_top_layers, num_layers))
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -883,10 +1005,11 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds=None, pr
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg, getattr(model.config, "num_hidden_layers", None)),
         callbacks=callbacks,
         packed=cfg.recipe == "packed",
         share_prefix=cfg.share_prefix,
+        share_scope=cfg.share_scope,
         group_by_length=cfg.group_by_length,
         ref_cache_dir=cfg.output_dir if ref_cache_key else None,
         ref_cache_key=ref_cache_key,
@@ -1018,6 +1141,8 @@ def train(cfg: TrainConfig, resume: bool = False, say=print, callbacks: list | N
         raise TrainDataError(f"{cfg.data_path}: no usable pair ({tok.n_rows} rows, {tok.skipped_too_long} over max_prompt_tokens)")
     if tok.skipped_too_long:
         say(f"skipped {tok.skipped_too_long} pair(s) whose prompt is over {cfg.max_prompt_tokens} tokens (lines {tok.skipped_lines[:5]}...)")
+    if cfg.recipe == "packed" and cfg.share_prefix and cfg.share_scope == "prompt":
+        share_whole_prompts(tok)
     train_ds = pairs_dataset(tok)
     eval_tok = None
     eval_ds = None
