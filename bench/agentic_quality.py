@@ -92,11 +92,9 @@ def _embeddings(qs, path):
         have = dict(zip(z["ids"], z["emb"]))
         if all(q.prompt_id in have for q in qs):
             return have
-    from xrouter_lite.simple_routers import load_encoder
+    from xrouter_lite.simple_routers import embed_texts, load_encoder
 
-    enc = load_encoder("cpu")
-    e = enc.encode([q.prompt for q in qs], batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                   show_progress_bar=False)
+    e = embed_texts(load_encoder("cpu"), [q.prompt for q in qs])
     if path is not None:
         np.savez(path, ids=np.array([q.prompt_id for q in qs]), emb=e)
     return {q.prompt_id: v for q, v in zip(qs, e)}

@@ -189,13 +189,9 @@ def _embeddings(prompts, path: Path | None):
         z = np.load(path, allow_pickle=False)
         if list(z["ids"]) == ids:
             return {i: e for i, e in zip(ids, z["emb"])}
-    from sentence_transformers import SentenceTransformer
+    from xrouter_lite.simple_routers import embed_texts, load_encoder
 
-    from xrouter_lite.assets import minilm_path
-
-    enc = SentenceTransformer(str(minilm_path()), device="cpu")
-    emb = enc.encode([p.prompt for p in prompts], batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                     show_progress_bar=False)
+    emb = embed_texts(load_encoder("cpu"), [p.prompt for p in prompts])
     if path is not None:
         np.savez(path, ids=np.array(ids), emb=emb)
     return {i: e for i, e in zip(ids, emb)}

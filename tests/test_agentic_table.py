@@ -11,7 +11,6 @@ from xrouter_lite.agentic.runner import run_agentic
 from xrouter_lite.agentic.state import AgenticConfig, QOutcome, Question
 from xrouter_lite.agentic.table import ClusterTable, default_clusters
 from xrouter_lite.pool import ModelSpec, Pool
-from xrouter_lite.prompting import call_key, select_key
 from xrouter_lite.records import CacheRecord, RecordWriter, TokenUsage
 from xrouter_lite.reward import RewardConfig
 

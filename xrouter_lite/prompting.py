@@ -283,10 +283,15 @@ def dpo_example(
     p = build_router_prompt(query, offered)
     if chosen not in p.offered or rejected not in p.offered:
         raise ValueError(f"chosen {chosen!r} and rejected {rejected!r} must both be offered ({p.offered})")
+    return _preference_row(p, chosen, rejected, action_text, **extra)
+
+
+def _preference_row(p: RouterPrompt, chosen: str, rejected: str, text, /, **extra: Any) -> dict[str, Any]:
+    """A preference row over the rendered prompt ``p``: ``text(key)`` is an action's assistant message."""
     return {
         "prompt": p.messages,
-        "chosen": [{"role": "assistant", "content": action_text(chosen)}],
-        "rejected": [{"role": "assistant", "content": action_text(rejected)}],
+        "chosen": [{"role": "assistant", "content": text(chosen)}],
+        "rejected": [{"role": "assistant", "content": text(rejected)}],
         "tools": json.dumps(p.tools, ensure_ascii=False),
         "offered_models": p.offered,
         "chosen_model": chosen,
@@ -511,17 +516,7 @@ def agentic_dpo_example(
     chosen and rejected action texts, the tools. ``chosen_model``/``rejected_model`` hold action keys and
     ``offered_models`` the offered ids, followed by every action key of the row (``agentic: true``)."""
     p = build_agentic_prompt(query, offered, turns, max_calls)
-    return {
-        "prompt": p.messages,
-        "chosen": [{"role": "assistant", "content": agentic_action_text(chosen)}],
-        "rejected": [{"role": "assistant", "content": agentic_action_text(rejected)}],
-        "tools": json.dumps(p.tools, ensure_ascii=False),
-        "offered_models": p.offered,
-        "chosen_model": chosen,
-        "rejected_model": rejected,
-        "agentic": True,
-        **extra,
-    }
+    return _preference_row(p, chosen, rejected, agentic_action_text, agentic=True, **extra)
 
 
 def any_action_text(key: str) -> str:

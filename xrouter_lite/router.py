@@ -25,6 +25,7 @@ from .prompting import (
     encode_prompt,
     parse_action,
 )
+from .simple_routers import EmbeddingRouter
 from .routing import (  # noqa: F401  (re-exported: the names this module always had)
     DEFAULT_EXPECTED_OUTPUT_TOKENS,
     Decision,
@@ -191,7 +192,7 @@ class BestSingleRouter(CostAwareRouter):
         return out
 
 
-class KNNRouter(CostAwareRouter):
+class KNNRouter(EmbeddingRouter):
     """k-nearest-neighbour router on sentence embeddings (all-MiniLM-L6-v2), trained on a cache.
 
     For a query, the ``k`` most similar training prompts (cosine similarity) vote: the predicted probability that
@@ -211,16 +212,11 @@ class KNNRouter(CostAwareRouter):
         **kw,
     ):
         import numpy as np
-        from sentence_transformers import SentenceTransformer
 
-        from .assets import minilm_path
-
-        super().__init__(**kw)
+        # max_seq_length default: the model's own (256 word pieces for all-MiniLM-L6-v2)
+        super().__init__(device=device, max_seq_length=max_seq_length, embed_batch_size=embed_batch_size,
+                         embedder_path=embedder_path, **kw)
         self.k = k
-        self.embed_batch_size = embed_batch_size
-        self.encoder = SentenceTransformer(str(embedder_path or minilm_path()), device=device or "cpu")
-        if max_seq_length:  # default: the model's own (256 word pieces for all-MiniLM-L6-v2)
-            self.encoder.max_seq_length = max_seq_length
         prompts, rows = [], []
         for p in train:
             prompts.append(p.prompt)
@@ -237,15 +233,6 @@ class KNNRouter(CostAwareRouter):
         self.prior = {m: float(np.nanmean(y[:, idx[m]])) for m in self.models}
         self.emb = self._embed(prompts)
 
-    def known_models(self) -> list[str]:
-        return list(self.models)
-
-    def _embed(self, texts: Sequence[str]):
-        return self.encoder.encode(
-            list(texts), batch_size=self.embed_batch_size, normalize_embeddings=True, convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-
     def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
         import numpy as np
 
@@ -260,19 +247,6 @@ class KNNRouter(CostAwareRouter):
                 counts = (~np.isnan(ys)).sum(0)
                 means = np.where(counts > 0, np.nansum(ys, 0) / np.maximum(counts, 1), np.nan)
             out.append({m: (float(means[j]) if not math.isnan(means[j]) else self.prior[m]) for j, m in enumerate(self.models)})
-        return out
-
-    def route_items(self, items, offered, tau=None):
-        tau = self._tau(tau)
-        t0 = time.perf_counter()
-        preds = self.p_correct([query_text(it.query) for it in items]) if items else []
-        per = (time.perf_counter() - t0) / max(1, len(items))
-        out = []
-        for it, off, p in zip(items, offered, preds, strict=True):
-            base = {s.id: p.get(s.id, 0.0) for s in off}
-            costs = self.costs_for(it.query, off)
-            model, scores = decide(base, costs, tau)
-            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
         return out
 
 

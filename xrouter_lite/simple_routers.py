@@ -82,7 +82,49 @@ def load_encoder(device: str | None = None, max_seq_length: int | None = None, p
     return enc
 
 
-class ClusterRouter(Router):
+def embed_texts(encoder, texts: Sequence[str], batch_size: int = 64):
+    """Normalised embeddings (numpy, one row per text): the one way every MiniLM user here encodes."""
+    return encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                          show_progress_bar=False)
+
+
+class EmbeddingRouter(Router):
+    """The routers on all-MiniLM-L6-v2 embeddings of the query (``knn``, ``cluster``, ``logistic``): the encoder,
+    ``_embed``, and the decision from ``p_correct`` (each model's predicted chance of a right answer on each query):
+    ``argmax(p - tau * c)`` over the offered models (0 for a model the router has no data on)."""
+
+    models: list[str]
+
+    def __init__(self, device: str | None = None, max_seq_length: int | None = None, embed_batch_size: int = 64,
+                 embedder_path: str | Path | None = None, **kw):
+        super().__init__(**kw)
+        self.encoder = load_encoder(device, max_seq_length, embedder_path)
+        self.embed_batch_size = embed_batch_size
+
+    def known_models(self):
+        return list(self.models)
+
+    def _embed(self, texts: Sequence[str]):
+        return embed_texts(self.encoder, texts, self.embed_batch_size)
+
+    def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
+        raise NotImplementedError
+
+    def route_items(self, items, offered, tau=None):
+        tau = self._tau(tau)
+        t0 = time.perf_counter()
+        preds = self.p_correct([query_text(it.query) for it in items]) if items else []
+        per = (time.perf_counter() - t0) / max(1, len(items))
+        out = []
+        for it, off, p in zip(items, offered, preds, strict=True):
+            base = {s.id: p.get(s.id, 0.0) for s in off}
+            costs = self.costs_for(it.query, off)
+            model, scores = decide(base, costs, tau)
+            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
+        return out
+
+
+class ClusterRouter(EmbeddingRouter):
     """The per-task rule without task labels: k-means clusters of the training questions' embeddings
     (all-MiniLM-L6-v2, normalised), and per cluster each model's accuracy on the cluster's questions.
 
@@ -107,12 +149,10 @@ class ClusterRouter(Router):
         import numpy as np
         from sklearn.cluster import KMeans
 
-        super().__init__(**kw)
         train = list(train)
         if not train:
             raise ValueError("ClusterRouter needs training prompts; got none")
-        self.encoder = load_encoder(device, max_seq_length)
-        self.embed_batch_size = embed_batch_size
+        super().__init__(device=device, max_seq_length=max_seq_length, embed_batch_size=embed_batch_size, **kw)
         emb = self._embed([p.prompt for p in train])
         n = len(train)
         k = n_clusters or max(2, min(64, round(math.sqrt(n / 2))))
@@ -141,13 +181,6 @@ class ClusterRouter(Router):
                 row[m] = (r + prior_weight * self.overall.get(m, 0.0)) / (t + prior_weight)
             self.accuracy.append(row)
 
-    def known_models(self):
-        return list(self.models)
-
-    def _embed(self, texts: Sequence[str]):
-        return self.encoder.encode(list(texts), batch_size=self.embed_batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
-
     def clusters_of(self, queries: Sequence[str]) -> list[int]:
         import numpy as np
 
@@ -163,21 +196,11 @@ class ClusterRouter(Router):
         return [{"cluster": c, "n": self.sizes[c], "choice": decide({m: self.accuracy[c].get(m, 0.0) for m in ids},
                                                                      costs, tau)[0]} for c in range(self.n_clusters)]
 
-    def route_items(self, items, offered, tau=None):
-        tau = self._tau(tau)
-        t0 = time.perf_counter()
-        cl = self.clusters_of([query_text(it.query) for it in items]) if items else []
-        per = (time.perf_counter() - t0) / max(1, len(items))
-        out = []
-        for it, off, c in zip(items, offered, cl, strict=True):
-            base = {s.id: self.accuracy[c].get(s.id, 0.0) for s in off}
-            costs = self.costs_for(it.query, off)
-            model, scores = decide(base, costs, tau)
-            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
-        return out
+    def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
+        return [self.accuracy[c] for c in self.clusters_of(queries)]
 
 
-class LogisticRouter(Router):
+class LogisticRouter(EmbeddingRouter):
     """A per-model correctness classifier on sentence embeddings (all-MiniLM-L6-v2, normalised): for each model an
     L2-penalised logistic regression (``C``, sklearn) of "answered correctly" on the training questions' embeddings;
     the choice is ``argmax(P(correct) - tau * c)``. No task label is used. On three seeded RouterBench splits it was the
@@ -198,12 +221,10 @@ class LogisticRouter(Router):
         import numpy as np
         from sklearn.linear_model import LogisticRegression
 
-        super().__init__(**kw)
         train = list(train)
         if not train:
             raise ValueError("LogisticRouter needs training prompts; got none")
-        self.encoder = load_encoder(device, max_seq_length)
-        self.embed_batch_size = embed_batch_size
+        super().__init__(device=device, max_seq_length=max_seq_length, embed_batch_size=embed_batch_size, **kw)
         emb = self._embed([p.prompt for p in train])
         self.models = sorted({m for p in train for m in p.outcomes})
         self.clf: dict[str, Any] = {}
@@ -230,27 +251,7 @@ class LogisticRouter(Router):
             else:
                 self.clf[m] = LogisticRegression(C=C, max_iter=3000).fit(emb[rows], y, sample_weight=w)
 
-    def known_models(self):
-        return list(self.models)
-
-    def _embed(self, texts: Sequence[str]):
-        return self.encoder.encode(list(texts), batch_size=self.embed_batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
-
     def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
         q = self._embed(queries)
         cols = {m: (c.predict_proba(q)[:, 1] if not isinstance(c, float) else [c] * len(queries)) for m, c in self.clf.items()}
         return [{m: float(cols[m][i]) for m in self.models} for i in range(len(queries))]
-
-    def route_items(self, items, offered, tau=None):
-        tau = self._tau(tau)
-        t0 = time.perf_counter()
-        preds = self.p_correct([query_text(it.query) for it in items]) if items else []
-        per = (time.perf_counter() - t0) / max(1, len(items))
-        out = []
-        for it, off, p in zip(items, offered, preds, strict=True):
-            base = {s.id: p.get(s.id, 0.0) for s in off}
-            costs = self.costs_for(it.query, off)
-            model, scores = decide(base, costs, tau)
-            out.append(ScoredDecision(model, scores, latency_s=per, base_scores=base, costs=costs, tau=tau))
-        return out

@@ -596,7 +596,9 @@ def _trainer_classes():
                 return dec(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"],
                            use_cache=False).last_hidden_state
 
-        def compute_ref_log_probs(self, model, inputs):
+        def compute_ref_log_probs(self, model, inputs, mask=None, hidden=None):
+            """Reference log-probs (adapter off, or the ``ref`` adapter); ``mask``/``hidden``: the frozen trunk's
+            output already computed for the policy (``_trunk_hidden``), reused."""
             if not self.packed:
                 return super().compute_ref_log_probs(model, inputs)
             ctx = contextlib.nullcontext()
@@ -605,7 +607,7 @@ def _trainer_classes():
                 ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
             # no need to switch checkpointing off: non-reentrant checkpointing under no_grad just runs the layer
             with torch.no_grad(), ctx, self.accelerator.autocast():
-                out = self._packed_forward(model if self.ref_model is None else self.ref_model, inputs)
+                out = self._packed_forward(model if self.ref_model is None else self.ref_model, inputs, mask, hidden)
             return self._pair_logps(out, inputs)
 
         def _pair_logps(self, outputs, inputs):
@@ -679,12 +681,8 @@ def _trainer_classes():
             chosen_logps, rejected_logps = self._pair_logps(outputs, inputs)
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-            elif hidden is not None:
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                ctx = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-                with torch.no_grad(), ctx, self.accelerator.autocast():
-                    ref_out = self._packed_forward(model, inputs, mask, hidden)
-                ref_chosen, ref_rejected = self._pair_logps(ref_out, inputs)
+            elif hidden is not None:  # the trunk needs no ref_model (_trunk_plan): the policy's model, adapter off
+                ref_chosen, ref_rejected = self.compute_ref_log_probs(model, inputs, mask, hidden)
             else:
                 ref_chosen, ref_rejected = self.compute_ref_log_probs(self.model, inputs)
             chosen_logratios = chosen_logps - ref_chosen

@@ -300,12 +300,11 @@ def run_eval_cli(*, train_cache, test_cache, pool, out_dir, adapter=None, base_m
         raise ValueError(f"eval --agentic --router {router!r}: the agentic policies are the LoRA router's (--adapter) "
                          "and the cluster table's (--router cluster)")
     if router == "cluster":
-        from ..simple_routers import load_encoder
+        from ..simple_routers import embed_texts, load_encoder
 
         qs = train + test
         log(f"agentic: embedding {len(qs)} questions (all-MiniLM-L6-v2) for the cluster table")
-        e = load_encoder(device).encode([q.prompt for q in qs], batch_size=64, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
+        e = embed_texts(load_encoder(device), [q.prompt for q in qs])
         emb = {q.prompt_id: v for q, v in zip(qs, e)}
     rep = evaluate_agentic(train, test, the_pool, offered, cfg, taus=taus, scores=scores, val_scores_split=val,
                            val_fraction=val_fraction, bootstrap=bootstrap, seed=seed, log=log, emb=emb,

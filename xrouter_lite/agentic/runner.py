@@ -31,8 +31,7 @@ from typing import Any
 from ..grading import read_answer
 from ..pool import ModelSpec
 from ..prompting import (
-    DEFAULT_MAX_CALLS, AgenticCall, RouterPrompt, action_models, build_agentic_prompt, call_key, is_select_key,
-    select_key,
+    DEFAULT_MAX_CALLS, AgenticCall, RouterPrompt, action_models, build_agentic_prompt, is_select_key,
 )
 from .policy import decide_action
 from .state import legal_actions
@@ -88,7 +87,6 @@ async def run_agentic(
 ) -> AgenticResult:
     offered = list(offered)
     ids = [s.id for s in offered]
-    by_id = {s.id: s for s in offered}
     est = {s.id: (estimate(s) if estimate else 0.0) for s in offered}
     if costs is None:  # normalised expected cost per model (the tau knob's c)
         top = max(est.values()) or 1.0

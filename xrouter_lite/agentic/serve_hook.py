@@ -80,7 +80,7 @@ async def agentic_chat(srv, req, messages, params, rid: str, t0: float):
     max_calls = extra.get("max_calls", DEFAULT_MAX_CALLS)
     if not isinstance(max_calls, int) or isinstance(max_calls, bool) or not 1 <= max_calls <= 4:
         raise ApiError(400, "'max_calls' must be an integer from 1 to 4", param="max_calls", code="invalid_value")
-    score = decide = None
+    score = None
     if hasattr(srv.router, "clusters_of"):  # the cluster router: the exact-value table over its clusters (table.py)
         if srv.settings.train_cache is None:
             raise ApiError(400, "router-agentic with the cluster router needs the training cache the router was built "
@@ -89,12 +89,13 @@ async def agentic_chat(srv, req, messages, params, rid: str, t0: float):
         from .table import nearest
 
         e = await asyncio.to_thread(srv.router._embed, [conversation_to_query(list(messages))])
-        cl = nearest(table.centroids, e)[0]
+        cl = nearest(table.centroids, e)[0]  # the question's cluster, once per request
 
         def decide(turns, acts):
             reads = {c.model_id: c.read for t in turns for c in t if c.error is None}
             return table.decide(cl, reads, acts, tau)
     else:
+        decide = None
         score = getattr(srv, "agentic_score", None)
         if score is None:
             if not hasattr(srv.router, "_score_batch"):

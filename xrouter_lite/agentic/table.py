@@ -36,12 +36,13 @@ class ClusterTable:
     cluster. ``decide`` picks the action of best value among the legal ones."""
 
     def __init__(self, questions: Sequence[Question], clusters: Sequence[int], offered: Sequence[str],
-                 pairable: set[str], cfg: AgenticConfig):
+                 pairable: set[str], cfg: AgenticConfig, centroids=None):
         if len(questions) != len(clusters):
             raise ValueError(f"{len(questions)} questions but {len(clusters)} cluster labels")
         if not questions:
             raise ValueError("the agentic table needs training questions; got none")
         self.offered, self.pairable, self.cfg = list(offered), set(pairable), cfg
+        self.centroids = centroids  # the clusters' centres, where live questions are assigned (``nearest``)
         self.questions = []
         for q, c in zip(questions, clusters):
             q2 = copy.copy(q)
@@ -139,9 +140,7 @@ def build_from_cluster_router(router, train_cache, pool, offered: Sequence[str] 
     if not qs:
         raise ValueError(f"{train_cache}: no training question with an answer of every offered model ({', '.join(off)})")
     centroids, labels = fit_clusters(router.train_emb[[row[q.prompt_id] for q in qs]], n_clusters, seed)
-    t = ClusterTable(qs, labels, off, pairable_of(pool, off, cfg), cfg)
-    t.centroids = centroids
-    return t
+    return ClusterTable(qs, labels, off, pairable_of(pool, off, cfg), cfg, centroids)
 
 
 __all__ = ["ClusterTable", "build_from_cluster_router"]
