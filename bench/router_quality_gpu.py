@@ -4,6 +4,7 @@ part of its training side. Everything else (the decision head, kNN, the comparis
 ``decisions.jsonl`` files this writes: ``bench/router_quality.py --split ...``.
 
     python bench/router_quality_gpu.py OUT_DIR [--runs s0:0:0 s1:1:0 s2:2:0] [--train-s 380] [--rb DIR] [--model DIR]
+        [--set lora_top_layers=8 max_steps=175 ...]
 
 A run is TAG:SEED:LAMBDA. Per run: pairs as configs/quality_routerbench.yaml (every model offered, strategy all, 6 pairs
 per prompt) with ``eval_fraction 0.2`` and ``val_fraction 0.25`` (1,323 training / 441 validation / 441 held-out
@@ -46,6 +47,9 @@ def train_cfg(a, data: Path, out: Path) -> dict:
              data_path=str(data), output_dir=str(out))
     if a.epochs:
         t["num_train_epochs"] = a.epochs
+    for kv in a.set or []:  # --set KEY=VALUE (YAML value): any train field, e.g. lora_top_layers=8 max_steps=175
+        k, v = kv.split("=", 1)
+        t[k] = yaml.safe_load(v)
     if a.smoke:
         t.update(max_steps=1, per_device_train_batch_size=1, gradient_accumulation_steps=1, precompute_ref_log_probs=False)
     return t
@@ -123,6 +127,7 @@ def main() -> None:
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct")
     ap.add_argument("--epochs", type=float, help="override the recipe's num_train_epochs (2)")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="train config overrides (YAML values)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--train-json", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -145,6 +150,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, str(out), "--one", r, "--train-s", str(a.train_s), "--model", a.model]
         cmd += ["--epochs", str(a.epochs)] if a.epochs else []
         cmd += ["--smoke"] if a.smoke else []
+        cmd += ["--set", *a.set] if a.set else []
         procs.append((r, subprocess.Popen(cmd)))
     for r, p in procs:
         p.wait()

@@ -270,17 +270,21 @@ def _build(variant, model, tok, ds, batch, steps, out_dir, precision, ref_batch,
         cfg = TrainConfig(lora_target_modules=LORA_TARGETS)
         return RouterDPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                                 peft_config=lora_config(cfg), callbacks=callbacks, packed=False)
+    # ours-shared-topK[c]: LoRA on the top K layers only; the frozen trunk runs once per batch for the policy and the
+    # reference (reference on the fly, inside the step); "c": gradient checkpointing on the K adapted layers
+    top = int(variant.rsplit("-top", 1)[1].rstrip("c")) if "-top" in variant else None
     cfg = TrainConfig(
         model_name_or_path="bench",
         output_dir=out_dir,
-        share_prefix=variant == "ours-shared",
+        share_prefix=variant.startswith("ours-shared"),
+        lora_top_layers=top,
         lora_target_modules=LORA_TARGETS,
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         max_steps=steps,
-        precompute_ref_log_probs=variant != "ours-otf",
+        precompute_ref_log_probs=variant != "ours-otf" and top is None,
         precompute_ref_batch_size=ref_batch,
-        gradient_checkpointing=variant != "ours-nockpt",
+        gradient_checkpointing=variant != "ours-nockpt" and (top is None or variant.endswith("c")),
         gradient_checkpointing_every_n_layers=int(variant[len("ours-ckpt"):]) if variant.startswith("ours-ckpt") else 1,
         report_to=[],
         disable_tqdm=True,
@@ -543,7 +547,7 @@ def main() -> int:
     ablation_lengths = {int(x) for x in args.ablation_lengths.split(",") if x} if not tiny else set(lengths)
     for n in lengths:
         for variant in variants:
-            if variant not in ("plain", "ours", "ours-shared") and n not in ablation_lengths:
+            if variant not in ("plain", "ours") and not variant.startswith("ours-shared") and n not in ablation_lengths:
                 continue
             batches = plain_b if variant == "plain" else ours_b
             for b in batches:
@@ -621,7 +625,10 @@ def summarise(results: dict, cap: float, device: str) -> None:
             continue
         incl = ""
         rk = c["prompt_len"] if c["variant"] != "ours-shared" else f"{c['prompt_len']}/shared"
-        if c["variant"] != "plain" and c["variant"] != "ours-otf" and rk in ref:
+        if "-top" in c["variant"] or c["variant"] == "ours-otf":  # the reference ran inside each step
+            c["pairs_per_s_incl_ref"] = c["pairs_per_s"]
+            incl = f"{c['pairs_per_s_incl_ref']:>10.2f}"
+        elif c["variant"] != "plain" and rk in ref:
             r = ref[rk]["pairs_per_s"]
             c["pairs_per_s_incl_ref"] = round(1 / (1 / c["pairs_per_s"] + 1 / r), 3)
             incl = f"{c['pairs_per_s_incl_ref']:>10.2f}"

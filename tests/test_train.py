@@ -367,12 +367,18 @@ def test_top_layer_lora_shares_the_frozen_trunk(smol_cut, real_pairs, tmp_path):
         trainer._compute_loss(trainer.model, batch, False).backward()
         return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
+    trainer.model.train()  # (no dropout in this recipe) checkpointing acts in training mode only
     shared = grads()
+    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert any(getattr(m, "gradient_checkpointing", False) for m in trainer.model.modules())
+    ckpt = grads()  # checkpointing on the adapted layers: the GPU recipe's memory cap, same gradients
+    trainer.model.gradient_checkpointing_disable()
     trainer._trunk = None  # the plain path: every layer, twice
     plain = grads()
-    assert shared.keys() == plain.keys() and shared
+    assert shared.keys() == plain.keys() == ckpt.keys() and shared
     for n in shared:
         assert torch.allclose(shared[n], plain[n], rtol=1e-3, atol=1e-6), n
+        assert torch.allclose(ckpt[n], shared[n], rtol=1e-4, atol=1e-7), n
 
 
 def test_prompt_grouped_sampler_keeps_a_questions_pairs_together():

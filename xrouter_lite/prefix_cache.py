@@ -64,8 +64,17 @@ class PrefixFinder:
         self._memo: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._plans: OrderedDict[str, Any] = OrderedDict()
 
+    @staticmethod
+    def _key(prompt: RouterPrompt) -> str:
+        """The static part's identity (everything but the question), serialised once per prompt object."""
+        key = prompt.__dict__.get("_static_key")
+        if key is None:
+            key = json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
+            prompt.__dict__["_static_key"] = key
+        return key
+
     def prefix_ids(self, prompt: RouterPrompt) -> tuple[int, ...]:
-        key = json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
+        key = self._key(prompt)
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)
@@ -103,7 +112,7 @@ class PrefixFinder:
         return ids
 
     def _plan(self, prompt: RouterPrompt):
-        key = "plan\x1f" + json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
+        key = "plan\x1f" + self._key(prompt)
         if key in self._plans:
             self._plans.move_to_end(key)
             return self._plans[key]
@@ -380,10 +389,21 @@ class PrefixScorer:
 
     # -- CUDA graphs (batch 1) ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _sizes(tails, actions) -> tuple[int, int, int]:
+        """(row length, logits window, gathered positions) of ``_layout``'s rows, without building them."""
+        T = keep = n = 0
+        for t, a in zip(tails, actions):
+            l = _actions_lcp(a)
+            rest = sum(len(x) - l - 1 for x in a)
+            T, keep = max(T, len(t) + l + rest), max(keep, l + 1 + rest)
+            n += l + len(a) + rest
+        return T, keep, n
+
     def _score_graph(self, entry: PrefixEntry, m: int, tails, actions):
-        _, _, _, flat0, T0, keep0 = self._layout(m, tails, actions)
+        T0, keep0, n0 = self._sizes(tails, actions)
         P, T = _bucket(m, 256), _bucket(T0, 64)
-        keep, F = min(T, _bucket(keep0, 32)), _bucket(len(flat0[0]), 64)
+        keep, F = min(T, _bucket(keep0, 32)), _bucket(n0, 64)
         ids, pos, seg, flat, _, _ = self._layout(m, tails, actions, T=T, keep=keep)
         key = (P, T, keep, F)
         g = self._graphs.get(key)
