@@ -69,6 +69,61 @@ def oneshot_policy(scores, costs, tau):
     return policy
 
 
+LOGISTIC_TAUS = [round(0.01 * i, 2) for i in range(0, 101)] + [1.5, 2.0, 3.0, 5.0]
+VERIFY_THETAS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.01]  # 1.01: never verify (the one-shot router)
+
+
+def logistic_oneshot(p_correct, costs, offered, tau):
+    """The one-shot `logistic` router's rule (simple_routers.LogisticRouter: argmax P(correct) - tau x c over the
+    offered models, P from per-model logistic regressions on the question's embedding): one call, no reading."""
+    from ..prompting import select_key
+
+    def policy(q, turns):
+        p = p_correct[q.prompt_id]
+        m = max(offered, key=lambda m: (p[m] - tau * costs[m], -costs[m]))
+        return select_key(m) if turns else m
+    return policy
+
+
+def logistic_verify(p_correct, costs, offered, tau, theta, dearest):
+    """The one-shot logistic choice m1, verified when unsure: P(m1) >= theta: call m1 alone and answer with it;
+    else call m1 and the next best non-dearest model m2 at once: their read answers agree -> m1's answer, else call
+    the dearest model and answer with it. theta > 1: the plain one-shot router."""
+    from ..prompting import call_key, select_key
+
+    def policy(q, turns):
+        p = p_correct[q.prompt_id]
+        rank = sorted(offered, key=lambda m: (-(p[m] - tau * costs[m]), costs[m]))
+        m1 = rank[0]
+        called = [m for t in turns for m in t]
+        if not called:
+            if p[m1] >= theta or m1 == dearest:
+                return m1
+            m2 = next((m for m in rank[1:] if m != dearest), None)
+            return call_key([m1, m2]) if m2 else m1
+        if dearest in called:
+            return select_key(dearest)
+        if len(called) == 1:
+            return select_key(called[0])
+        r = [q.outcomes[m].read for m in called]
+        return select_key(called[0]) if r[0] is not None and all(x == r[0] for x in r) else dearest
+    return policy
+
+
+def logistic_p(train, test, emb, offered, C: float = 1.0):
+    """P(correct) of each offered model on each test question, as LogisticRouter computes it (C = its default)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.stack([emb[q.prompt_id] for q in train])
+    Xt = np.stack([emb[q.prompt_id] for q in test])
+    cols = {}
+    for m in offered:
+        y = np.array([int(q.outcomes[m].correct) for q in train])
+        cols[m] = (LogisticRegression(C=C, max_iter=3000).fit(X, y).predict_proba(Xt)[:, 1] if len(set(y.tolist())) > 1
+                   else np.full(len(test), float(y[0])))
+    return {q.prompt_id: {m: float(cols[m][i]) for m in offered} for i, q in enumerate(test)}
+
+
 def split_validation(train: Sequence[Question], fraction: float, seed: int) -> tuple[list[Question], list[Question]]:
     ids = sorted(q.prompt_id for q in train)
     random.Random(f"agentic-val\x1f{seed}").shuffle(ids)
@@ -117,6 +172,22 @@ def evaluate_agentic(
         ct_pick = best_under(v_pts, cap_val)
         t_all, cl_test = ctable(train, test)
         curves["cluster_table"] = curve("cluster table (MiniLM k-means; tau = lambda)", [(l, t_all.policy(cl_test, l)) for l in lams], test, mc)
+        p_log = logistic_p(train, test, emb, offered)
+        curves["logistic_oneshot"] = curve("one-shot logistic router (MiniLM; tau)",
+                                           [(t, logistic_oneshot(p_log, costs, offered, t)) for t in LOGISTIC_TAUS], test, mc)
+        # the logistic router verified by agreement when unsure: theta chosen on validation (AIQ of its tau curve)
+        p_val = logistic_p(fit, val, emb, offered)
+        c_fit = mean_costs(fit, offered)
+        val_cost = np.array([[q.outcomes[m].cost for m in offered] for q in val]).sum(axis=0)
+
+        def val_aiq(th):
+            pts = curve("v", [(t, logistic_verify(p_val, c_fit, offered, t, th, dearest)) for t in LOGISTIC_TAUS[::4]], val, mc)["points"]
+            return aiq([(p["_cost"].sum(), p["_ok"].mean()) for p in pts], float(val_cost.min()), float(val_cost[offered.index(dearest)]))
+
+        theta = max(VERIFY_THETAS, key=val_aiq)
+        log(f"  logistic + verify: theta {theta} chosen on validation")
+        curves["logistic_verify"] = curve(f"logistic router, verified by agreement when P < {theta} (tau)",
+                                          [(t, logistic_verify(p_log, costs, offered, t, theta, dearest)) for t in LOGISTIC_TAUS], test, mc)
     if scores is not None:
         curves["agentic"] = curve("agentic router (tau)", [(t, ScoredPolicy(scores, costs, t)) for t in taus], test, mc)
         curves["oneshot"] = curve("one-shot router (tau)", [(t, oneshot_policy(scores, costs, t)) for t in taus], test, mc)
