@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -77,25 +75,11 @@ def main() -> None:
                         k[0] += 1
                         r.route(qs[k[0] % 8], off)
 
-                    for _ in range(10):
-                        one()
-                    torch.cuda.synchronize()
-                    ts = []
-                    for _ in range(a.repeats):
-                        t0 = time.perf_counter()
-                        one()
-                        torch.cuda.synchronize()
-                        ts.append(time.perf_counter() - t0)
+                    b1 = rl.timer(one, a.repeats, 10, torch.cuda.synchronize)["median_ms"]
                     bq = qs * 8
-                    r.route_batch(bq, [off] * 64)
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    for _ in range(3):
-                        r.route_batch(bq, [off] * 64)
-                    torch.cuda.synchronize()
-                    bt = (time.perf_counter() - t0) / 3
-                    print(f"{name:<10} {n} models: route p50 {1000 * statistics.median(ts):.2f} ms, batch 64: "
-                          f"{64 / bt:.0f} decisions/s, graph failures {r.prefix_scorer.graph_failures}", flush=True)
+                    b64 = rl.timer(lambda: r.route_batch(bq, [off] * 64), 3, 1, torch.cuda.synchronize)["median_ms"]
+                    print(f"{name:<10} {n} models: route p50 {b1:.2f} ms, batch 64: {64000 / b64:.0f} decisions/s, "
+                          f"graph failures {r.prefix_scorer.graph_failures}", flush=True)
         except Exception as e:  # noqa: BLE001 - a backend without a kernel for this mask: reported, the others go on
             traceback.print_exc(limit=3)
             print(f"{name} FAILED: {e}", flush=True)

@@ -230,7 +230,9 @@ def _metrics(pts, singles, strong):
 def compare(args) -> dict:
     import numpy as np
 
-    from xrouter_lite.decision import _features, _fit_logistic, curve_of_envelopes, envelope, fit_head, read_scores
+    from xrouter_lite.decision import (
+        _features, _fit_logistic, aiq_of_envelopes, curve_of_envelopes, envelope, fit_head, read_scores,
+    )
     from xrouter_lite.evaluate import load_prompts, mean_cost_per_query
     from xrouter_lite.metrics import aiq
 
@@ -310,12 +312,7 @@ def compare(args) -> dict:
         boot = {pr: [] for pr in pairs}
         for _ in range(args.bootstrap):
             cnt = np.bincount(rng.integers(0, len(tq), len(tq)), minlength=len(tq))
-            sing = [(sum(w * o[m][1] for w, o in zip(cnt, outs)), 0) for m in models]
-            lo, hi = min(c for c, _ in sing), max(c for c, _ in sing)
-            a = {}
-            for k in {x for pr in pairs for x in pr}:
-                pts = curve_of_envelopes(envs[k], outs, cnt)
-                a[k] = aiq([(p["total_cost"], p["accuracy"]) for p in pts], lo, hi)
+            a = {k: aiq_of_envelopes(envs[k], outs, models, cnt) for k in {x for pr in pairs for x in pr}}
             for pr in pairs:
                 boot[pr].append(a[pr[0]] - a[pr[1]])
         for pr in pairs:

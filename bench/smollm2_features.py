@@ -63,9 +63,8 @@ def compare(a) -> None:
     from sklearn.preprocessing import StandardScaler
 
     from router_quality import _embeddings
-    from xrouter_lite.decision import curve_of_envelopes, envelope
+    from xrouter_lite.decision import aiq_of_envelopes, envelope
     from xrouter_lite.evaluate import load_prompts, mean_cost_per_query
-    from xrouter_lite.metrics import aiq
     from xrouter_lite.pairs import split_prompt_ids
 
     warnings.filterwarnings("ignore")
@@ -93,10 +92,7 @@ def compare(a) -> None:
     def aiq_of(P, test, cv, cnt=None):
         outs = [{m: (o.correct, o.cost) for m, o in p.outcomes.items()} for p in test]
         envs = [envelope({m: float(P[m][i]) for m in models}, cv) for i in range(len(test))]
-        pts = curve_of_envelopes(envs, outs, cnt)
-        w = np.ones(len(test)) if cnt is None else cnt
-        single = [sum(x * o[m][1] for x, o in zip(w, outs)) for m in models]
-        return aiq([(p["total_cost"], p["accuracy"]) for p in pts], min(single), max(single))
+        return aiq_of_envelopes(envs, outs, models, cnt)
 
     def blend(tr, te, w, c, Pm):
         if c is None:

@@ -23,9 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from xrouter_lite.decision import curve_of_envelopes, envelope  # noqa: E402
+from xrouter_lite.decision import aiq_of_envelopes, envelope  # noqa: E402
 from xrouter_lite.evaluate import load_prompts  # noqa: E402
-from xrouter_lite.metrics import aiq  # noqa: E402
 
 
 def read(path: str) -> dict[str, dict]:
@@ -59,10 +58,7 @@ def main() -> None:
             env_b = [envelope(B[i][key], B[i]["costs"]) for i in ids]
 
             def aiq_of(envs, cnt=None):
-                pts = curve_of_envelopes(envs, outs, cnt)
-                w = np.ones(len(ids)) if cnt is None else cnt
-                single = [sum(x * o[m][1] for x, o in zip(w, outs)) for m in models]
-                return aiq([(p["total_cost"], p["accuracy"]) for p in pts], min(single), max(single))
+                return aiq_of_envelopes(envs, outs, models, cnt)
 
             boot = []
             for _ in range(a.bootstrap):

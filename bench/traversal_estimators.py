@@ -26,14 +26,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 def main() -> None:
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
 
     from router_quality import _embeddings
-    from xrouter_lite.decision import curve_of_envelopes, envelope
+    from xrouter_lite.decision import aiq_of_envelopes, envelope
     from xrouter_lite.evaluate import load_prompts, mean_cost_per_query
-    from xrouter_lite.metrics import aiq
     from xrouter_lite.pairs import split_prompt_ids
     from xrouter_lite.records import iter_records
+    from xrouter_lite.simple_routers import correctness_classifier
 
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,12 +46,8 @@ def main() -> None:
     emb = _embeddings(full, a.emb_cache)
     models = sorted(full[0].outcomes)
 
-    def fit(X, y, w=None, C=a.C):
-        y = np.asarray(y).astype(int)
-        if len(set(y.tolist())) < 2:
-            return lambda Z: np.full(len(Z), float(y[0]) if len(y) else 0.5)
-        clf = LogisticRegression(C=C, max_iter=3000).fit(X, y, sample_weight=w)
-        return lambda Z: clf.predict_proba(Z)[:, 1]
+    def fit(X, y, w=None):
+        return correctness_classifier(X, y, a.C, sample_weight=w)
 
     X = lambda ps: np.stack([emb[p.prompt_id] for p in ps])  # noqa: E731
     gaps: dict[str, list[float]] = {}
@@ -117,13 +112,10 @@ def main() -> None:
                     ws += [q, 1 - q]
             P[m] = fit(X(rows), ys, np.array(ws))(Et)
         arms["cstar"] = (P, cvec_c)
-        sing = [sum(o[m][1] for o in outs) for m in models]
-
         def a_of(k):
             Pk, cv = arms[k]
-            envs = [envelope({m: float(Pk[m][i]) for m in models}, cv) for i in range(len(tq))]
-            pts = curve_of_envelopes(envs, outs, None)
-            return aiq([(p["total_cost"], p["accuracy"]) for p in pts], min(sing), max(sing))
+            return aiq_of_envelopes([envelope({m: float(Pk[m][i]) for m in models}, cv) for i in range(len(tq))],
+                                    outs, models)
 
         af = a_of("full")
         line = [f"split {seed} full {af:.4f}"]

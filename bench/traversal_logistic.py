@@ -22,16 +22,15 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from router_quality import _embeddings  # noqa: E402
 
-from xrouter_lite.decision import curve_of_envelopes, envelope  # noqa: E402
+from xrouter_lite.decision import aiq_of_envelopes, envelope  # noqa: E402
 from xrouter_lite.evaluate import load_prompts, mean_cost_per_query  # noqa: E402
-from xrouter_lite.metrics import aiq  # noqa: E402
 from xrouter_lite.pairs import split_prompt_ids  # noqa: E402
 from xrouter_lite.records import iter_records  # noqa: E402
+from xrouter_lite.simple_routers import correctness_classifier  # noqa: E402
 
 
 def main() -> None:
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
@@ -87,20 +86,11 @@ def main() -> None:
                         X = np.vstack([X, Xm, Xm])
                         y = np.concatenate([y, np.ones(len(miss), bool), np.zeros(len(miss), bool)])
                         w = np.concatenate([w, np.full(len(miss), pm), np.full(len(miss), 1 - pm)])
-                P[m] = (LogisticRegression(C=a.C, max_iter=3000).fit(X, y, sample_weight=w).predict_proba(Et)[:, 1]
-                        if len(set(y)) > 1 else np.full(len(tq), float(y[0])))
+                P[m] = correctness_classifier(X, y, a.C, sample_weight=w)(Et)
             envs[arm] = [envelope({m: float(P[m][i]) for m in models}, cvec) for i in range(len(tq))]
             stats[arm] = known
-        sing = [sum(o[m][1] for o in outs) for m in models]
-
         def a_of(arm, cnt=None):
-            pts = curve_of_envelopes(envs[arm], outs, cnt)
-            if cnt is None:
-                lo, hi = min(sing), max(sing)
-            else:
-                s = [sum(w * o[m][1] for w, o in zip(cnt, outs)) for m in models]
-                lo, hi = min(s), max(s)
-            return aiq([(p["total_cost"], p["accuracy"]) for p in pts], lo, hi)
+            return aiq_of_envelopes(envs[arm], outs, models, cnt)
 
         af = a_of("full")
         line = [f"split {seed}: labels known full {stats['full']} / cost-ordered {stats['cost-ordered']}; AIQ full {af:.4f}"]

@@ -372,6 +372,8 @@ def test_graph_path_layout_gives_the_same_scores(router, pool_rb):
         acts = [[P.encode_action(router.tokenizer, m) for m in p.offered]]
         entry = sc.entry_for(sc.finder.prefix_ids(p))
         m = sc.finder.reusable_len(p, ids)
+        _, _, _, flat, T0, keep0 = PrefixScorer._layout(m, [ids[m:]], acts)
+        assert PrefixScorer._sizes([ids[m:]], acts) == (T0, keep0, len(flat[0]))  # the graph's buckets, rows unbuilt
         eager = sc._score_eager(entry, m, [ids[m:]], acts)[0]
         graph = sc._score_graph(entry, m, [ids[m:]], acts)[0]
         assert graph == pytest.approx(eager, abs=5e-4)

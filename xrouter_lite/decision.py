@@ -301,6 +301,22 @@ def curve_of_envelopes(
     return pts
 
 
+def aiq_of_envelopes(
+    envelopes: Sequence[Sequence[tuple[float, str]]],
+    outcomes: Sequence[Mapping[str, tuple[bool, float]]],
+    models: Sequence[str],
+    weights: Sequence[float] | None = None,
+) -> float:
+    """AIQ of the exact curve over the cost range of the single ``models`` on the same (re)weighted questions: from
+    the cheapest single model's total cost to the dearest one's (a bootstrap passes each resample's counts)."""
+    from .metrics import aiq
+
+    w = [1.0] * len(outcomes) if weights is None else weights
+    single = [sum(x * o[m][1] for x, o in zip(w, outcomes)) for m in models]
+    pts = curve_of_envelopes(envelopes, outcomes, weights)
+    return aiq([(p["total_cost"], p["accuracy"]) for p in pts], min(single), max(single))
+
+
 # ---- the fit-head command -------------------------------------------------------------------------------------------
 
 

@@ -200,6 +200,21 @@ class ClusterRouter(EmbeddingRouter):
         return [self.accuracy[c] for c in self.clusters_of(queries)]
 
 
+def correctness_classifier(X, y, C: float = 1.0, sample_weight=None):
+    """P(correct | features) of one model: an L2-penalised logistic regression (``C``, sklearn) of its labels ``y`` on
+    the rows ``X``; a model with one class only (or no row) gets that constant (0.0 without rows). Returns a function
+    of a feature matrix giving one probability per row."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y).astype(int)
+    if len(set(y.tolist())) < 2:
+        const = float(y[0]) if len(y) else 0.0
+        return lambda Z: np.full(len(Z), const)
+    clf = LogisticRegression(C=C, max_iter=3000).fit(X, y, sample_weight=sample_weight)
+    return lambda Z: clf.predict_proba(Z)[:, 1]
+
+
 class LogisticRouter(EmbeddingRouter):
     """A per-model correctness classifier on sentence embeddings (all-MiniLM-L6-v2, normalised): for each model an
     L2-penalised logistic regression (``C``, sklearn) of "answered correctly" on the training questions' embeddings;
@@ -219,7 +234,6 @@ class LogisticRouter(EmbeddingRouter):
     def __init__(self, train: Iterable, C: float = 1.0, device: str | None = None, max_seq_length: int | None = None,
                  embed_batch_size: int = 64, explored: Iterable[str] | None = None, **kw):
         import numpy as np
-        from sklearn.linear_model import LogisticRegression
 
         train = list(train)
         if not train:
@@ -246,12 +260,9 @@ class LogisticRouter(EmbeddingRouter):
                     c = p.outcomes[m].cost
                     if p.prompt_id in exp and any(o.correct for o in p.outcomes.values() if o.cost < c):
                         w[j] = 1.0 / share
-            if len(set(y.tolist())) < 2:
-                self.clf[m] = float(y[0]) if len(y) else 0.0
-            else:
-                self.clf[m] = LogisticRegression(C=C, max_iter=3000).fit(emb[rows], y, sample_weight=w)
+            self.clf[m] = correctness_classifier(emb[rows], y, C, sample_weight=w)
 
     def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:
         q = self._embed(queries)
-        cols = {m: (c.predict_proba(q)[:, 1] if not isinstance(c, float) else [c] * len(queries)) for m, c in self.clf.items()}
+        cols = {m: c(q) for m, c in self.clf.items()}
         return [{m: float(cols[m][i]) for m in self.models} for i in range(len(queries))]

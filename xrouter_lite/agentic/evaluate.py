@@ -12,7 +12,7 @@ import numpy as np
 from ..metrics import aiq, hull_value, ndch
 from ..pool import Pool
 from ..reward import RewardConfig
-from .baselines import DEAREST, agree_then_dearest, cheapest_first, oracle, per_task_rule
+from .baselines import agree_then_dearest, cheapest_first, oracle, per_task_rule
 from .policy import ScoredPolicy, decide_action
 from .replay import replay, summarise
 from .state import AgenticConfig, Question
@@ -112,15 +112,11 @@ def logistic_verify(p_correct, costs, offered, tau, theta, dearest):
 
 def logistic_p(train, test, emb, offered, C: float = 1.0):
     """P(correct) of each offered model on each test question, as LogisticRouter computes it (C = its default)."""
-    from sklearn.linear_model import LogisticRegression
+    from ..simple_routers import correctness_classifier
 
     X = np.stack([emb[q.prompt_id] for q in train])
     Xt = np.stack([emb[q.prompt_id] for q in test])
-    cols = {}
-    for m in offered:
-        y = np.array([int(q.outcomes[m].correct) for q in train])
-        cols[m] = (LogisticRegression(C=C, max_iter=3000).fit(X, y).predict_proba(Xt)[:, 1] if len(set(y.tolist())) > 1
-                   else np.full(len(test), float(y[0])))
+    cols = {m: correctness_classifier(X, [q.outcomes[m].correct for q in train], C)(Xt) for m in offered}
     return {q.prompt_id: {m: float(cols[m][i]) for m in offered} for i, q in enumerate(test)}
 
 
