@@ -215,6 +215,39 @@ def correctness_classifier(X, y, C: float = 1.0, sample_weight=None):
     return lambda Z: clf.predict_proba(Z)[:, 1]
 
 
+def explored_share(train: Sequence, explored: Iterable[str] | None) -> float | None:
+    """The share of ``train`` in a cost-ordered cache's exploration sample (None for a full cache); an error when
+    a cost-ordered cache has no explored question (the dearer models' labels would be biased)."""
+    if explored is None:
+        return None
+    exp = set(explored)
+    share = sum(p.prompt_id in exp for p in train) / len(train)
+    if share <= 0:
+        raise ValueError("logistic router: the cost-ordered training cache has no explored question "
+                         "(cache --explore F): the dearer models' labels are biased without them")
+    return share
+
+
+def labelled_rows(train: Sequence, model: str, explored: Iterable[str] | None = None, share: float | None = None):
+    """(row indices, labels, weights) of ``model``'s classifier: the questions whose answer by ``model`` is known.
+    On a cost-ordered cache an explored question on which a cheaper model was right stands for the unexplored ones
+    the traversal stopped on before ``model``: weight 1 / ``share``; every other row weighs 1."""
+    import numpy as np
+
+    exp = None if explored is None else set(explored)
+    rows = [i for i, p in enumerate(train) if model in p.outcomes]
+    y = np.array([int(train[i].outcomes[model].correct) for i in rows])
+    w = np.ones(len(rows))
+    if exp is not None:
+        share = explored_share(train, exp) if share is None else share
+        for j, i in enumerate(rows):
+            p = train[i]
+            c = p.outcomes[model].cost
+            if p.prompt_id in exp and any(o.correct for o in p.outcomes.values() if o.cost < c):
+                w[j] = 1.0 / share
+    return rows, y, w
+
+
 class LogisticRouter(EmbeddingRouter):
     """A per-model correctness classifier on sentence embeddings (all-MiniLM-L6-v2, normalised): for each model an
     L2-penalised logistic regression (``C``, sklearn) of "answered correctly" on the training questions' embeddings;
@@ -242,24 +275,9 @@ class LogisticRouter(EmbeddingRouter):
         emb = self._embed([p.prompt for p in train])
         self.models = sorted({m for p in train for m in p.outcomes})
         self.clf: dict[str, Any] = {}
-        exp = None if explored is None else set(explored)
-        share = None
-        if exp is not None:
-            share = sum(p.prompt_id in exp for p in train) / len(train)
-            if share <= 0:
-                raise ValueError("logistic router: the cost-ordered training cache has no explored question "
-                                 "(cache --explore F): the dearer models' labels are biased without them")
-        self.explored_share = share
+        self.explored_share = explored_share(train, explored)
         for m in self.models:
-            rows = [i for i, p in enumerate(train) if m in p.outcomes]
-            y = np.array([int(train[i].outcomes[m].correct) for i in rows])
-            w = np.ones(len(rows))
-            if exp is not None:
-                for j, i in enumerate(rows):
-                    p = train[i]
-                    c = p.outcomes[m].cost
-                    if p.prompt_id in exp and any(o.correct for o in p.outcomes.values() if o.cost < c):
-                        w[j] = 1.0 / share
+            rows, y, w = labelled_rows(train, m, explored, self.explored_share)
             self.clf[m] = correctness_classifier(emb[rows], y, C, sample_weight=w)
 
     def p_correct(self, queries: Sequence[str]) -> list[dict[str, float]]:

@@ -1,0 +1,143 @@
+"""Issue 15, fourth session: exploration designs and estimator variants for the `logistic` router on a cost-ordered
+cache, compared on INNER folds of each split's training side (2 folds x 80/20, several exploration draws), never on
+the held-out questions. A simulation on the recorded answers (order: each model's mean cost on the fold's training
+part), not the cache command's replay (bench/traversal_draws.py is that).
+
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz designs      # q0.08 a0 a0.5 a1 a-0.5
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz estimators   # C 0.5 / 1 / 2, weight clipping 3 / 5
+
+Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
+fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
+p_m = min(1, k x rel_cost_m^-X) (X = 0: one rate for every model; X > 0: cheap models more), k matched to the budget.
+Every arm weighs a model's explored rows where a cheaper model was right by 1 / (their explored share), per model.
+Prints each fold's gap (full-cache AIQ minus the arm's) and the mean over splits, folds and draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def main() -> None:
+    import numpy as np
+
+    from router_quality import _embeddings
+    from xrouter_lite.decision import aiq_of_envelopes, envelope
+    from xrouter_lite.evaluate import load_prompts
+    from xrouter_lite.pairs import split_prompt_ids
+    from xrouter_lite.simple_routers import correctness_classifier
+    from xrouter_lite.traversal import is_explored
+
+    warnings.filterwarnings("ignore")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("full", type=Path)
+    ap.add_argument("what", choices=["designs", "estimators"])
+    ap.add_argument("--emb-cache", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    a = ap.parse_args()
+    full, _ = load_prompts(a.full)
+    emb = _embeddings(full, a.emb_cache)
+    models = sorted(full[0].outcomes)
+    ids = [p.prompt_id for p in full]
+    Y = np.array([[p.outcomes[m].correct for m in models] for p in full], dtype=int)
+    Cq = np.array([[p.outcomes[m].cost for m in models] for p in full])
+    E = np.stack([emb[i] for i in ids])
+    M = len(models)
+
+    def u(*parts):
+        return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big") / 2**64
+
+    def base_mask(rows, order):
+        L = np.zeros((len(rows), M), bool)
+        for k, r in enumerate(rows):
+            for m in order:
+                L[k, m] = True
+                if Y[r, m]:
+                    break
+        return L
+
+    def traverse(rows, design, seed):
+        L = base_mask(rows, np.argsort(Cq[rows].mean(0)))
+        for k, r in enumerate(rows):
+            if design[0] == "q":
+                L[k] |= is_explored(ids[r], design[1], seed)
+            else:
+                for m in range(M):
+                    if not L[k, m] and u("m", seed, ids[r], models[m]) < design[1][m]:
+                        L[k, m] = True
+        return L
+
+    def rates(rows, target, alpha):
+        cpq = Cq[rows].mean(0)
+        base = base_mask(rows, np.argsort(cpq))
+        sk, tot, b0, rel = (~base) * Cq[rows], Cq[rows].sum(), (base * Cq[rows]).sum(), cpq / cpq.max()
+        lo, hi = 0.0, 1e6
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            p = np.minimum(1, mid * rel ** (-alpha))
+            lo, hi = (mid, hi) if (b0 + (sk * p).sum()) / tot < target else (lo, mid)
+        return np.minimum(1, lo * rel ** (-alpha))
+
+    def predict(rows, L, test, C=1.0, clip=None):
+        rows, cpq = np.array(rows), Cq[rows].mean(0)
+        P = np.zeros((len(test), M))
+        for m in range(M):
+            lab, cheaper = L[:, m], cpq < cpq[m]
+            A = (Y[rows][:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
+            w = np.ones(len(rows))
+            if A.any() and lab[A].mean() > 0:
+                w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
+            sel = np.where(lab)[0]
+            P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], C, sample_weight=w[sel])(E[test])
+        return P
+
+    def aiq(P, test, rows):
+        cpq = Cq[rows].mean(0)
+        cvec = {m: cpq[j] / cpq.max() for j, m in enumerate(models)}
+        outs = [{m: (bool(Y[t, j]), Cq[t, j]) for j, m in enumerate(models)} for t in test]
+        return aiq_of_envelopes([envelope({m: float(P[i, j]) for j, m in enumerate(models)}, cvec)
+                                 for i in range(len(test))], outs, models)
+
+    if a.what == "designs":
+        arms = {d: d for d in ("q0.08", "a0", "a0.5", "a1", "a-0.5")}
+        draws = lambda s: [s, s + 10]  # noqa: E731
+    else:
+        arms = {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}}
+        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
+    res: dict[str, list[float]] = {}
+    for s in a.seeds:
+        held = split_prompt_ids(set(ids), 0.2, s)
+        train = [i for i, x in enumerate(ids) if x not in held]
+        rng = np.random.default_rng(100 + s)
+        for f in range(2):
+            perm = rng.permutation(train)
+            n = len(perm) // 5
+            tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
+            af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
+            L0 = traverse(tr, ("q", 0.08), s)
+            target = (Cq[tr] * L0).sum() / Cq[tr].sum()
+            for es in draws(s):
+                for k, spec in arms.items():
+                    if a.what == "designs":
+                        L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
+                        kw = {}
+                    else:
+                        L, kw = traverse(tr, ("q", 0.08), es), spec
+                    g = af - aiq(predict(tr, L, te, **kw), te, tr)
+                    res.setdefault(k, []).append(g)
+                    share = (Cq[tr] * L).sum() / Cq[tr].sum()
+                    print(f"split {s} fold {f} draw {es} {k}: cost share {share:.3f} gap {g:+.4f}", flush=True)
+    for k, g in res.items():
+        print(f"{k}: mean gap {np.mean(g):+.4f} (sd {np.std(g):.4f}, n {len(g)})")
+
+
+if __name__ == "__main__":
+    main()
