@@ -136,12 +136,14 @@ def evaluate_agentic(
     train: Sequence[Question], test: Sequence[Question], pool: Pool, offered: Sequence[str], cfg: AgenticConfig, *,
     lams: Sequence[float] = LAMS, taus: Sequence[float] = TAUS, scores=None, val_scores_split=None,
     val_fraction: float = 0.2, cost_share_cap: float = 0.4, bootstrap: int = 1000, seed: int = 0, log=print,
-    emb=None, n_clusters: int | None = None,
+    emb=None, n_clusters: int | None = None, extra_curves=None, main: str | None = None,
 ) -> dict:
     """Every curve on ``test``; the operating point of each tunable policy chosen on a validation part of ``train``
     (most accurate at <= ``cost_share_cap`` of the dearest model's cost there), then reported on ``test``.
     ``emb`` (prompt_id -> all-MiniLM-L6-v2 embedding of train and test questions): also the cluster table
-    (``table.py``: k-means of the training embeddings, then the exact-value table per cluster; the main curve)."""
+    (``table.py``: k-means of the training embeddings, then the exact-value table per cluster; the main curve).
+    ``extra_curves(train, test) -> {key: (name, [(knob, policy), ...])}``: more policies replayed on ``test``;
+    ``main``: the curve the others are compared with (default the cluster table, else the agentic router)."""
     mc = cfg.max_calls
     dearest = max(offered, key=lambda m: sum(q.outcomes[m].cost for q in train))
     fit, val = split_validation(train, val_fraction, seed)
@@ -184,6 +186,9 @@ def evaluate_agentic(
         log(f"  logistic + verify: theta {theta} chosen on validation")
         curves["logistic_verify"] = curve(f"logistic router, verified by agreement when P < {theta} (tau)",
                                           [(t, logistic_verify(p_log, costs, offered, t, theta, dearest)) for t in LOGISTIC_TAUS], test, mc)
+    if extra_curves is not None:
+        for k, (name, pols) in extra_curves(train, test).items():
+            curves[k] = curve(name, pols, test, mc)
     if scores is not None:
         curves["agentic"] = curve("agentic router (tau)", [(t, ScoredPolicy(scores, costs, t)) for t in taus], test, mc)
         curves["oneshot"] = curve("one-shot router (tau)", [(t, oneshot_policy(scores, costs, t)) for t in taus], test, mc)
@@ -206,7 +211,7 @@ def evaluate_agentic(
         cs = cost_single[:, idx].sum(axis=1)
         return aiq(pts, float(cs.min()), float(cs[di]))
 
-    main = "cluster_table" if "cluster_table" in curves else ("agentic" if "agentic" in curves else "table")
+    main = main or ("cluster_table" if "cluster_table" in curves else ("agentic" if "agentic" in curves else "table"))
     full = np.arange(n)
 
     def margins(k, idx):
