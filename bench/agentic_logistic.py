@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from agentic_quality import MODELS, _embeddings  # noqa: E402
 
 from xrouter_lite.agentic.evaluate import (  # noqa: E402
-    LOGISTIC_TAUS, curve, evaluate_agentic, format_report, logistic_oneshot, logistic_p, mean_costs, pairable_of,
-    split_validation,
+    LOGISTIC_TAUS, best_under, curve, evaluate_agentic, format_report, logistic_oneshot, logistic_p, logistic_table_curves,
+    mean_costs, pairable_of, split_validation,
 )
 from xrouter_lite.agentic.logistic_table import LogisticTable  # noqa: E402
 from xrouter_lite.agentic.state import AgenticConfig, load_questions  # noqa: E402
@@ -70,11 +70,14 @@ def choose(train, emb, pool, offered, cfg, seed, log=print):
         pr = preds_of(t, val, emb)
         pts = curve("v", [(tau, t.policy(pr, tau)) for tau in TAUS], val, 3)["points"]
         a = val_aiq(pts, val, offered)
-        res.append((a, kw))
+        res.append((a, kw, pts))
         log(f"  seed {seed}: validation AIQ {a:.4f} (vs one-shot {a - base:+.4f})  {kw}  [{time.perf_counter() - t0:.0f}s]")
     best = max(res, key=lambda r: r[0])
-    log(f"  seed {seed}: chosen {best[1]} (validation AIQ {best[0]:.4f})")
-    return best[1], res, base
+    dearest = max(offered, key=lambda m: sum(q.outcomes[m].cost for q in train))  # as evaluate_agentic's
+    op = best_under(best[2], 0.4 * sum(q.outcomes[dearest].cost for q in val))
+    log(f"  seed {seed}: chosen {best[1]} (validation AIQ {best[0]:.4f}); at <=40% of GPT-4's cost on validation: tau "
+        f"{op['knob']} ({op['accuracy']:.1%})")
+    return best[1], [(a, k) for a, k, _ in res], base, op["knob"]
 
 
 def main() -> None:
@@ -95,23 +98,21 @@ def main() -> None:
         ev = split_prompt_ids([q.prompt_id for q in qs], 0.2, seed)
         train = [q for q in qs if q.prompt_id not in ev]
         test = [q for q in qs if q.prompt_id in ev]
-        kw, grid, base = choose(train, emb, pool, MODELS, cfg, seed)
+        kw, grid, base, op_tau = choose(train, emb, pool, MODELS, cfg, seed)
         if a.select_only:
             continue
-
-        def extra(train, test, kw=kw):
-            t = fit_policy(train, emb, MODELS, pairable_of(pool, MODELS, cfg), mean_costs(train, MODELS), **kw)
-            pr = preds_of(t, test, emb)
-            return {"logistic_table": (f"logistic-valued table ({kw['mode']}, C_cond {kw['C_cond']}; tau)",
-                                       [(tau, t.policy(pr, tau)) for tau in TAUS])}
-
         rep = evaluate_agentic(train, test, pool, MODELS, cfg, bootstrap=a.bootstrap, seed=seed, log=lambda m: None,
-                               emb=emb, extra_curves=extra, main="logistic_table")
+                               emb=emb, extra_curves=logistic_table_curves(emb, pool, MODELS, cfg, **kw),
+                               main="logistic_table")
         rep["chosen_on_validation"] = kw
         rep["validation_grid"] = [{"aiq": x, **k} for x, k in grid]
         rep["validation_oneshot_aiq"] = base
+        tp = next(p for p in rep["curves"]["logistic_table"]["points"] if p["knob"] == op_tau)
+        rep["logistic_table_operating_point"] = {"tau_on_validation": op_tau, "test": tp}
         print(f"=== split seed {seed}")
         print(format_report(rep))
+        print(f"  logistic-valued table: tau {op_tau} chosen on validation (most accurate at <=40% of GPT-4's cost) -> "
+              f"test acc {tp['accuracy']:.1%} at {tp['total_cost'] / rep['dearest_cost']:.0%}, {tp['calls_per_question']:.2f} calls/q")
         res[seed] = rep
     if a.select_only:
         return
@@ -129,6 +130,11 @@ def main() -> None:
         print(f"  best at <=40% of GPT-4's cost, {k}: " + ", ".join(
             f"{x['accuracy']:.1%} at {x['total_cost'] / res[s]['dearest_cost']:.0%} ({x['calls_per_question']:.2f} calls/q)"
             if x else "none" for x, s in zip(b, a.seeds)))
+    for key in ("logistic_table_operating_point", "cluster_table_operating_point"):
+        pts = [res[s][key]["test"] for s in a.seeds]
+        print(f"  {key} (tau chosen on validation): test " + ", ".join(
+            f"{p['accuracy']:.1%} at {p['total_cost'] / res[s]['dearest_cost']:.0%} ({p['calls_per_question']:.2f} calls/q)"
+            for p, s in zip(pts, a.seeds)))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "agentic_logistic.json").write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
 

@@ -123,3 +123,80 @@ def test_live_runner_makes_the_replays_trajectories_and_skips_a_failure():
                                    None, decide=decider(preds[q.prompt_id]), estimate=lambda s: COST[s.id]))
     assert [c["model_id"] for c in live.call_history] == [A, B, S] and live.call_history[1]["error"]
     assert live.model_used == S and live.routing_strategy == "escalate"
+
+
+def test_eval_agentic_replays_it_as_the_main_curve():
+    """eval --agentic --router logistic's evaluation: the logistic-valued table is the main curve, compared with the
+    one-shot logistic router and the cluster table by paired bootstrap."""
+    from xrouter_lite.agentic.evaluate import evaluate_agentic, logistic_table_curves
+    from xrouter_lite.agentic.state import AgenticConfig
+
+    qs, X = world(n=80)
+    emb = {q.prompt_id: X[i] for i, q in enumerate(qs)}
+    pool = Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", input_price=1, output_price=1, context_window=4096,
+                           max_output_tokens=64, tier="premium" if m == S else "budget") for m in IDS])
+    cfg = AgenticConfig()
+    train, test = [q for i, q in enumerate(qs) if i % 4 < 2], [q for i, q in enumerate(qs) if i % 4 >= 2]
+    rep = evaluate_agentic(train, test, pool, IDS, cfg, bootstrap=20, log=lambda m: None, emb=emb, lams=[0.1, 0.5],
+                           extra_curves=logistic_table_curves(emb, pool, IDS, cfg, taus=[0.0, 0.5, 2.0]),
+                           main="logistic_table")
+    assert rep["main"] == "logistic_table" and {"logistic_oneshot", "cluster_table"} <= set(rep["aiq_vs"])
+    pts = rep["curves"]["logistic_table"]["points"]
+    assert [p["knob"] for p in pts] == [0.0, 0.5, 2.0] and pts[1]["share_escalated"] > 0
+
+
+def test_live_server_router_agentic_with_the_logistic_router(tmp_path):
+    """serve --router logistic --train-cache CACHE: model router-agentic-<tau> runs the logistic-valued table live
+    against the fake upstream (real all-MiniLM-L6-v2): agreement -> select, disagreement -> escalate, a failing
+    model mid-trajectory skipped."""
+    import httpx
+
+    from xrouter_lite.fake_upstream import FakeUpstream
+    from xrouter_lite.routing import load_router
+    from xrouter_lite.serve import ServeSettings, create_app
+
+    from test_agentic_serve import Live
+    from test_agentic_table import _write_cache
+
+    things = ("tomato", "strawberry", "cherry", "fire truck", "ruby", "brick", "frog", "leaf", "cucumber", "pea",
+              "lobster", "apple", "lettuce", "emerald", "cardinal bird", "lime", "kiwi", "broccoli", "poppy", "olive")
+    hard = ("homotopy groups", "fibrations", "spectral sequences", "cohomology rings", "covering spaces", "CW complexes",
+            "knots", "manifolds", "simplicial sets", "loop spaces")
+    # colour questions: the cheap answers agree and are right, or disagree and only the strong model is right; the
+    # topology questions: the spare and the strong model are right
+    qs = []
+    for i, x in enumerate(things):
+        q = _q(f"e{i}", ["A", "A", "A"] if i < 10 else ["A", "B", "B"], [True, True, True] if i < 10 else [False, False, True])
+        q.prompt = f"What colour is a {x}? A) red B) green"
+        qs.append(q)
+    for i, x in enumerate(hard):
+        q = _q(f"h{i}", ["A", "B", "B"], [False, True, True])
+        q.prompt = f"Prove the theorem about {x} in algebraic topology. A) yes B) no"
+        qs.append(q)
+    cache = tmp_path / "train.jsonl"
+    _write_cache(cache, qs)
+    with FakeUpstream() as up:
+        pool = Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=up.base_url, input_price=p, output_price=p,
+                               context_window=8192, max_output_tokens=256, tier="premium" if m == S else "budget")
+                     for m, p in ((A, 0.1), (B, 0.2), (S, 5.0))])
+        router = load_router("logistic", pool=pool, train_cache=cache)
+        settings = ServeSettings(upstream_timeout_s=5.0, train_cache=cache)
+        with Live(create_app(pool=pool, router=router, settings=settings), start_s=120) as srv:
+            def ask(text, model="router-agentic-0.3"):
+                r = httpx.post(srv.url + "/v1/chat/completions", timeout=60,
+                               json={"model": model, "messages": [{"role": "user", "content": text}]})
+                assert r.status_code == 200, r.text
+                return r.json()["router_metadata"]
+
+            grape = "What colour is a grape? A) red B) green"
+            up.control(answers={A: "A", B: "A", S: "A"}, script={})
+            md = ask(grape)
+            assert [c["model_id"] for c in md["call_history"]] == [A, B] and md["routing_strategy"] == "select"
+            up.control(answers={A: "A", B: "B", S: "B"}, script={})
+            md = ask(grape)  # disagreeing cheap answers: escalate
+            assert [c["model_id"] for c in md["call_history"]] == [A, B, S] and md["routing_strategy"] == "escalate"
+            assert md["model_used"] == S and md["tau"] == 0.3 and md["decisions"]
+            up.control(answers={A: "A", B: "A", S: "A"}, script={B: ["500"] * 5})
+            md = ask(grape)  # the spare model fails: one answer is no agreement, so escalate; B never selected
+            assert [c["model_id"] for c in md["call_history"]] == [A, B, S] and md["call_history"][1]["error"]
+            assert md["model_used"] == S

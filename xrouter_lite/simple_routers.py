@@ -241,6 +241,9 @@ class LogisticRouter(EmbeddingRouter):
         super().__init__(device=device, max_seq_length=max_seq_length, embed_batch_size=embed_batch_size, **kw)
         emb = self._embed([p.prompt for p in train])
         self.models = sorted({m for p in train for m in p.outcomes})
+        self.C = C
+        self.train_ids = [p.prompt_id for p in train]  # with the embeddings: the agentic logistic-valued table's rows
+        self.train_emb = emb.astype(np.float32)  # (agentic/logistic_table.py)
         self.clf: dict[str, Any] = {}
         exp = None if explored is None else set(explored)
         share = None
