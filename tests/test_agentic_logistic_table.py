@@ -82,6 +82,8 @@ def test_sparse_condition_gets_its_smoothed_mean_and_majority_rule():
     p = t.predict(X[:1])[0]
     # 9 agreeing training rows (6 easy + 3 mixed), all right: (9 + 1) / (9 + 2)
     assert abs(p[t.index[("sel", A, B, True, A)]] - 10 / 11) < 1e-9
+    # the stacked regressions (one matrix product) give each classifier's own probabilities
+    assert np.allclose(t.predict(X), np.stack([f(X) for f in t._fns], axis=1), atol=1e-5)
     assert majority([A, B, S], {A: "1", B: "2", S: "2"}, NORM) == S
     assert majority([A, B, S], {A: "1", B: "1", S: "2"}, NORM) == B  # the dearer of the agreeing two
     assert majority([A, B, S], {A: None, B: None, S: None}, NORM) == S

@@ -98,12 +98,24 @@ class LogisticTable:
                         add((kind, a, b, s, m), lambda Z, f=f, sign=sign: f(np.hstack([Z, sign * Z, np.full((len(Z), 1), sign, np.float32)])))
         self._fns = fns
         self.pair_set = set(self.pairs)
+        # the fitted regressions stacked (one matrix product per question); the rest (constants, shared) one by one
+        self._lin = [i for i, f in enumerate(fns) if getattr(f, "linear", None) is not None]
+        self._W = np.stack([fns[i].linear[0] for i in self._lin], axis=1) if self._lin else None
+        self._b = np.array([fns[i].linear[1] for i in self._lin])
+        self._other = [i for i in range(len(fns)) if i not in set(self._lin)]
         self.index = {k: i for i, k in enumerate(self.keys)}
 
     def predict(self, emb) -> np.ndarray:
-        """Every state value's probability for each row of ``emb``: [rows, len(keys)] (one pass per classifier)."""
+        """Every state value's probability for each row of ``emb``: [rows, len(keys)]."""
+        from scipy.special import expit
+
         Z = np.atleast_2d(np.asarray(emb, dtype=np.float32))
-        return np.stack([f(Z) for f in self._fns], axis=1)
+        out = np.empty((len(Z), len(self._fns)))
+        if self._lin:
+            out[:, self._lin] = expit(Z.astype(self._W.dtype) @ self._W + self._b.astype(self._W.dtype))
+        for i in self._other:
+            out[:, i] = self._fns[i](Z)
+        return out
 
     # -- values of one question (p: one row of ``predict``) ------------------------------------------------------
 
