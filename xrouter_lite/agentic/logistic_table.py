@@ -39,7 +39,8 @@ class LogisticTable:
     """``X``: the training questions' embeddings (rows of ``questions``); ``costs``: normalised mean cost per offered
     model. ``C``: the root (one-shot) classifiers' C; ``C_cond``: the conditional classifiers'; ``mode``: "separate"
     (one classifier per condition) or "shared" (see the module); ``min_rows``: a condition with fewer training rows
-    gets its mean (Laplace-smoothed) instead of a classifier."""
+    gets its mean (Laplace-smoothed) instead of a classifier; ``escalate=False``: no third call (the pair's answer is
+    final). Defaults: the setting chosen on the validation parts of three RouterBench splits (docs/BENCHMARKS.md)."""
 
     def __init__(self, questions: Sequence[Question], X, offered: Sequence[str], pairable: set[str],
                  costs: Mapping[str, float], *, C: float = 1.0, C_cond: float = 1.0, mode: str = "separate",
