@@ -203,7 +203,7 @@ class ClusterRouter(EmbeddingRouter):
 def correctness_classifier(X, y, C: float = 1.0, sample_weight=None):
     """P(correct | features) of one model: an L2-penalised logistic regression (``C``, sklearn) of its labels ``y`` on
     the rows ``X``; a model with one class only (or no row) gets that constant (0.0 without rows). Returns a function
-    of a feature matrix giving one probability per row."""
+    of a feature matrix giving one probability per row (a fitted regression's has ``.linear = (w, b)``)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -212,7 +212,12 @@ def correctness_classifier(X, y, C: float = 1.0, sample_weight=None):
         const = float(y[0]) if len(y) else 0.0
         return lambda Z: np.full(len(Z), const)
     clf = LogisticRegression(C=C, max_iter=3000).fit(X, y, sample_weight=sample_weight)
-    return lambda Z: clf.predict_proba(Z)[:, 1]
+
+    def p(Z):
+        return clf.predict_proba(Z)[:, 1]
+
+    p.linear = (clf.coef_[0], float(clf.intercept_[0]))  # P = sigmoid(Z @ w + b): lets callers stack many classifiers
+    return p
 
 
 def explored_share(train: Sequence, explored: Iterable[str] | None) -> float | None:
@@ -274,6 +279,9 @@ class LogisticRouter(EmbeddingRouter):
         super().__init__(device=device, max_seq_length=max_seq_length, embed_batch_size=embed_batch_size, **kw)
         emb = self._embed([p.prompt for p in train])
         self.models = sorted({m for p in train for m in p.outcomes})
+        self.C = C
+        self.train_ids = [p.prompt_id for p in train]  # with the embeddings: the agentic logistic-valued table's rows
+        self.train_emb = emb.astype(np.float32)  # (agentic/logistic_table.py)
         self.clf: dict[str, Any] = {}
         self.explored_share = explored_share(train, explored)
         for m in self.models:

@@ -6,4 +6,6 @@ evaluation and serving).
 - ``values``: exact values by search over continuations (hindsight per question; information states per task);
 - ``pairs``: ``xrouter-lite pairs --agentic``; ``replay``/``evaluate``: ``xrouter-lite eval --agentic``;
 - ``baselines``: hand-set cascades, per-task rule, oracle; ``policy``: the scoring rule (logp - tau x cost);
+- ``table`` / ``logistic_table``: the policies that serve without a trained LLM (values per k-means cluster; values
+  from per-question logistic regressions on the embedding, whose root is the one-shot logistic router);
 - ``runner``: the live async runner used by the server (``model="router-agentic"``)."""

@@ -120,6 +120,23 @@ def logistic_p(train, test, emb, offered, C: float = 1.0):
     return {q.prompt_id: {m: float(cols[m][i]) for m in offered} for i, q in enumerate(test)}
 
 
+def logistic_table_curves(emb, pool: Pool, offered: Sequence[str], cfg: AgenticConfig, taus=None, **kw):
+    """``extra_curves`` of ``evaluate_agentic``: the logistic-valued table (``logistic_table.py``; ``kw`` its
+    settings, default those chosen on the validation parts of three RouterBench splits) fitted on the training side,
+    replayed over ``taus`` (default ``LOGISTIC_TAUS``, the one-shot logistic router's)."""
+    from .logistic_table import LogisticTable
+
+    def extra(train, test):
+        t = LogisticTable(train, np.stack([emb[q.prompt_id] for q in train]), offered, pairable_of(pool, offered, cfg),
+                          mean_costs(train, offered), turn_penalty=cfg.turn_penalty, **kw)
+        P = t.predict(np.stack([emb[q.prompt_id] for q in test]))
+        preds = {q.prompt_id: P[i] for i, q in enumerate(test)}
+        return {"logistic_table": ("logistic-valued table (tau)",
+                                   [(tau, t.policy(preds, tau, cfg.max_calls)) for tau in (taus or LOGISTIC_TAUS)])}
+
+    return extra
+
+
 def split_validation(train: Sequence[Question], fraction: float, seed: int) -> tuple[list[Question], list[Question]]:
     ids = sorted(q.prompt_id for q in train)
     random.Random(f"agentic-val\x1f{seed}").shuffle(ids)
@@ -136,12 +153,14 @@ def evaluate_agentic(
     train: Sequence[Question], test: Sequence[Question], pool: Pool, offered: Sequence[str], cfg: AgenticConfig, *,
     lams: Sequence[float] = LAMS, taus: Sequence[float] = TAUS, scores=None, val_scores_split=None,
     val_fraction: float = 0.2, cost_share_cap: float = 0.4, bootstrap: int = 1000, seed: int = 0, log=print,
-    emb=None, n_clusters: int | None = None,
+    emb=None, n_clusters: int | None = None, extra_curves=None, main: str | None = None,
 ) -> dict:
     """Every curve on ``test``; the operating point of each tunable policy chosen on a validation part of ``train``
     (most accurate at <= ``cost_share_cap`` of the dearest model's cost there), then reported on ``test``.
     ``emb`` (prompt_id -> all-MiniLM-L6-v2 embedding of train and test questions): also the cluster table
-    (``table.py``: k-means of the training embeddings, then the exact-value table per cluster; the main curve)."""
+    (``table.py``: k-means of the training embeddings, then the exact-value table per cluster; the main curve).
+    ``extra_curves(train, test) -> {key: (name, [(knob, policy), ...])}``: more policies replayed on ``test``;
+    ``main``: the curve the others are compared with (default the cluster table, else the agentic router)."""
     mc = cfg.max_calls
     dearest = max(offered, key=lambda m: sum(q.outcomes[m].cost for q in train))
     fit, val = split_validation(train, val_fraction, seed)
@@ -184,6 +203,9 @@ def evaluate_agentic(
         log(f"  logistic + verify: theta {theta} chosen on validation")
         curves["logistic_verify"] = curve(f"logistic router, verified by agreement when P < {theta} (tau)",
                                           [(t, logistic_verify(p_log, costs, offered, t, theta, dearest)) for t in LOGISTIC_TAUS], test, mc)
+    if extra_curves is not None:
+        for k, (name, pols) in extra_curves(train, test).items():
+            curves[k] = curve(name, pols, test, mc)
     if scores is not None:
         curves["agentic"] = curve("agentic router (tau)", [(t, ScoredPolicy(scores, costs, t)) for t in taus], test, mc)
         curves["oneshot"] = curve("one-shot router (tau)", [(t, oneshot_policy(scores, costs, t)) for t in taus], test, mc)
@@ -206,7 +228,7 @@ def evaluate_agentic(
         cs = cost_single[:, idx].sum(axis=1)
         return aiq(pts, float(cs.min()), float(cs[di]))
 
-    main = "cluster_table" if "cluster_table" in curves else ("agentic" if "agentic" in curves else "table")
+    main = main or ("cluster_table" if "cluster_table" in curves else ("agentic" if "agentic" in curves else "table"))
     full = np.arange(n)
 
     def margins(k, idx):
@@ -321,7 +343,8 @@ def run_eval_cli(*, train_cache, test_cache, pool, out_dir, adapter=None, base_m
                  taus=None, seed=0, val_fraction=0.2, bootstrap=1000, batch_size=8, device=None, max_queries=None,
                  log=print, router=None, n_clusters=None) -> str:
     """``router="cluster"``: the cluster table too (the policy ``serve --router cluster`` runs for router-agentic),
-    on all-MiniLM-L6-v2 embeddings of the training and held-out questions."""
+    on all-MiniLM-L6-v2 embeddings of the training and held-out questions; ``router="logistic"``: the cluster table
+    and the logistic-valued table (``serve --router logistic``'s router-agentic policy; the main curve)."""
     import json
     from pathlib import Path
 
@@ -362,20 +385,22 @@ def run_eval_cli(*, train_cache, test_cache, pool, out_dir, adapter=None, base_m
                               batch=batch_size, log=log)
         save_scores(scores, sp)
         scores = load_scores(sp)
-    emb = None
-    if router not in (None, "lora", "cluster"):
-        raise ValueError(f"eval --agentic --router {router!r}: the agentic policies are the LoRA router's (--adapter) "
-                         "and the cluster table's (--router cluster)")
-    if router == "cluster":
+    emb = extra = None
+    if router not in (None, "lora", "cluster", "logistic"):
+        raise ValueError(f"eval --agentic --router {router!r}: the agentic policies are the LoRA router's (--adapter), "
+                         "the cluster table's (--router cluster) and the logistic-valued table's (--router logistic)")
+    if router in ("cluster", "logistic"):
         from ..simple_routers import embed_texts, load_encoder
 
         qs = train + test
-        log(f"agentic: embedding {len(qs)} questions (all-MiniLM-L6-v2) for the cluster table")
+        log(f"agentic: embedding {len(qs)} questions (all-MiniLM-L6-v2) for the {router} policy")
         e = embed_texts(load_encoder(device), [q.prompt for q in qs])
         emb = {q.prompt_id: v for q, v in zip(qs, e)}
+    if router == "logistic":
+        extra = logistic_table_curves(emb, the_pool, offered, cfg)
     rep = evaluate_agentic(train, test, the_pool, offered, cfg, taus=taus, scores=scores, val_scores_split=val,
                            val_fraction=val_fraction, bootstrap=bootstrap, seed=seed, log=log, emb=emb,
-                           n_clusters=n_clusters)
+                           n_clusters=n_clusters, extra_curves=extra, main="logistic_table" if extra else None)
     rep["offered"] = offered
     text = format_report(rep)
     (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n", encoding="utf-8")

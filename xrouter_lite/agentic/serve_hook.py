@@ -4,7 +4,8 @@
 
 The policy: the trained LoRA router scores each state's actions; a server of the cluster router
 (``--router cluster --train-cache CACHE``) decides with the exact-value table over its clusters (``table.py``),
-where the tau of ``router-agentic-<tau>`` is the table's lambda.
+where the tau of ``router-agentic-<tau>`` is the table's lambda; a server of the logistic router (``--router logistic
+--train-cache CACHE``) with the logistic-valued table (``logistic_table.py``), tau its cost knob.
 
 Request extras (``extra_body``): ``models`` (offered subset), ``max_cost_usd`` (counts every call of the
 trajectory), ``max_calls`` (default 3). ``router_metadata``: model_used, total_cost, router_cost,
@@ -58,6 +59,21 @@ def cluster_table(srv):
         return t
 
 
+def logistic_table(srv):
+    """The logistic-valued agentic table over the served logistic router's training embeddings (built once, from
+    --train-cache)."""
+    import threading
+
+    lock = srv.__dict__.setdefault("_agentic_ltable_lock", threading.Lock())
+    with lock:
+        t = getattr(srv, "agentic_logistic_table", None)
+        if t is None:
+            from .logistic_table import build_from_logistic_router
+
+            t = srv.agentic_logistic_table = build_from_logistic_router(srv.router, srv.settings.train_cache, srv.pool)
+        return t
+
+
 def lora_scorer(router):
     """score(prompt, actions) over a loaded ``LoRARouter`` (the same scorer as ``eval --agentic``)."""
     from .evaluate import lora_score_fn
@@ -94,13 +110,25 @@ async def agentic_chat(srv, req, messages, params, rid: str, t0: float):
         def decide(turns, acts):
             reads = {c.model_id: c.read for t in turns for c in t if c.error is None}
             return table.decide(cl, reads, acts, tau)
+    elif getattr(srv.router, "name", None) == "logistic":  # the logistic-valued table (logistic_table.py)
+        if srv.settings.train_cache is None:
+            raise ApiError(400, "router-agentic with the logistic router needs the training cache the router was built "
+                           "from (serve --train-cache CACHE)", param="model", code="invalid_model")
+        ltable = await asyncio.to_thread(logistic_table, srv)
+        e = await asyncio.to_thread(srv.router._embed, [conversation_to_query(list(messages))])
+        p = ltable.predict(e)[0]  # every state value's probability for this question, once per request
+
+        def decide(turns, acts):
+            reads = {c.model_id: c.read for t in turns for c in t if c.error is None}
+            failed = [c.model_id for t in turns for c in t if c.error is not None]
+            return ltable.decide(p, reads, acts, tau, failed)
     else:
         decide = None
         score = getattr(srv, "agentic_score", None)
         if score is None:
             if not hasattr(srv.router, "_score_batch"):
-                raise ApiError(400, "this server's router cannot decide agentic states: serve the trained LoRA router "
-                               "or the cluster router (--router cluster --train-cache CACHE)", param="model",
+                raise ApiError(400, "this server's router cannot decide agentic states: serve the trained LoRA router, "
+                               "the logistic router or the cluster router (--router logistic|cluster --train-cache CACHE)", param="model",
                                code="invalid_model")
             score = srv.agentic_score = lora_scorer(srv.router)
     budget = req.max_cost_usd if req.max_cost_usd is not None else (
