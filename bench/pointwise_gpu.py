@@ -6,6 +6,7 @@ pool model, binary cross-entropy on "this model answered correctly" (no DPO, no 
     python bench/pointwise_gpu.py train --cache CACHE.jsonl --out DIR [--splits 0 1 2] [--epochs 6] [--lr 2e-4]
     # here (CPU): the epoch and the blend weight with the MiniLM `logistic` router chosen on validation; held-out AIQ
     python bench/pointwise_gpu.py compare --cache CACHE.jsonl --emb-cache EMB.npz --dir DIR [DIR2 ...] [--bootstrap 300]
+        [--smol-feats FEATS.npz]   # + a three-way blend with the SmolLM2-feature logistic (weights on validation)
 
 Per split seed s (the pairs stage's split, eval_fraction 0.2), the training side is cut again (`split_prompt_ids`
 seed 100 + s, 20%) into inner-training and validation; the held-out questions are never used for a choice. The
@@ -137,6 +138,20 @@ def compare(a) -> None:
         return np.stack([correctness_classifier(X(train), [p.outcomes[m].correct for p in train])(X(qs))
                          for m in models], 1)
 
+    if a.smol_feats is not None:
+        from sklearn.preprocessing import StandardScaler
+
+        zf = np.load(a.smol_feats)
+        feats = dict(zip(zf["ids"], zf["mean"]))
+
+    def smol(train, qs):
+        """The `logistic` router on SmolLM2's mean hidden state (standardised, C --smol-C: bench/smollm2_features.py)."""
+        S_tr = np.stack([feats[p.prompt_id] for p in train])
+        sc = StandardScaler().fit(S_tr)
+        Xs, Xq = sc.transform(S_tr), sc.transform(np.stack([feats[p.prompt_id] for p in qs]))
+        return np.stack([correctness_classifier(Xs, [p.outcomes[m].correct for p in train], a.smol_C)(Xq)
+                         for m in models], 1)
+
     def envs(P, cvec):
         return [envelope({m: float(P[i, j]) for j, m in enumerate(models)}, cvec) for i in range(len(P))]
 
@@ -181,6 +196,15 @@ def compare(a) -> None:
             "MiniLM logistic (whole training side)": logistic(side, te),
             "per-task rule (task label)": task_rule(side, te),
         }
+        if a.smol_feats is not None:  # the three estimators blended, simplex weights (step 0.25) on validation
+            sv, st = smol(tr, va), smol(tr, te)
+            lt = logistic(tr, te)
+            grid = [(i / 4, j / 4, 1 - (i + j) / 4) for i in range(5) for j in range(5 - i)]
+            gv = [aiq_of_envelopes(envs(x * pv + y * sv + z * lv, cvec), ov, models) for x, y, z in grid]
+            x, y, zz = grid[int(np.argmax(gv))]
+            print(f"split {s}: three-way weights (pointwise, SmolLM2 features, MiniLM) {x:g} / {y:g} / {zz:g} chosen "
+                  f"on validation (AIQ {max(gv):.3f})")
+            arms["three-way blend (weights on validation)"] = x * pt + y * st + zz * lt
         E = {k: envs(P, cvec) for k, P in arms.items()}
         res = {k: aiq_of_envelopes(e, ot, models) for k, e in E.items()}
         print(f"split {s}: {run} epoch {ep + 1} chosen on validation (AIQ {val_aiq[0]:.3f}); blend weight {w:g} "
@@ -221,6 +245,9 @@ def main() -> None:
     c.add_argument("--dir", type=Path, nargs="+", required=True, help="one or more train outputs (runs)")
     c.add_argument("--splits", type=int, nargs="*", default=[0, 1, 2])
     c.add_argument("--bootstrap", type=int, default=300)
+    c.add_argument("--smol-feats", type=Path, help="SmolLM2 features (bench/smollm2_features.py extract): adds a "
+                   "three-way blend of the pointwise head, the SmolLM2-feature logistic and the MiniLM logistic")
+    c.add_argument("--smol-C", type=float, default=0.001)
     a = ap.parse_args()
     train(a) if a.cmd == "train" else compare(a)
 
