@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fuse", action="store_true", help="default kernels vs xrouter_lite.fused (norms + MLP, + rotary)")
     a = ap.parse_args()
     tok = qwen_tokenizer()
     pools = {11: list(load_pool(REPO / "configs" / "pool_routerbench.yaml")), 18: list(load_pool(REPO / "configs" / "pool.yaml"))}
@@ -58,6 +59,8 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
         return
 
+    if a.fuse:
+        return fuse_variants(a, rl, tok, pools, qs)
     backends = {"default": None, "math": [SDPBackend.MATH], "eager": "eager", "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
     for name, be in backends.items():
         model, _ = rl.build_model(False, "cuda", False, 16, 0)
@@ -85,6 +88,62 @@ def main() -> None:
             print(f"{name} FAILED: {e}", flush=True)
         del model
         torch.cuda.empty_cache()
+
+
+def fuse_variants(a, rl, tok, pools, qs) -> None:
+    """The serving configuration with and without xrouter_lite.fused, alternated twice; the largest score difference
+    against the unfused scores of the same decisions."""
+    import torch
+
+    from xrouter_lite.fused import fuse_elementwise
+    from xrouter_lite.prompting import build_router_prompt, encode_action
+    from xrouter_lite.router import LoRARouter
+
+    ref: dict[int, list] = {}
+    for rnd in range(2):
+        for name in ("default", "fused", "fused+rotary"):
+            model, _ = rl.build_model(False, "cuda", False, 16, 0)
+            r = LoRARouter(model=model, tokenizer=tok, mode="score", max_prompt_tokens=None, batch_size=64,
+                           cuda_graphs=True, merge_adapter=True, fuse_kernels=False)
+            if name != "default":
+                print(f"{name}: {fuse_elementwise(r.model, rotary=name.endswith('rotary'))} modules patched", flush=True)
+            for n, off in pools.items():
+                sc = r.prefix_scorer
+                ps = [build_router_prompt(q, off) for q in qs[:4]]
+                acts = [encode_action(tok, m.id) for m in off]
+                scores = [sc.score([p], [sc.finder.encode(p)], [acts])[0] for p in ps]
+                if name == "default" and rnd == 0:
+                    ref[n] = scores
+                    # bf16 implementation noise: the same decisions through the eager batched path (no graph)
+                    eager = sc.score(ps, [sc.finder.encode(p) for p in ps], [acts] * len(ps))
+                    noise = max(abs(x - y) for s1, s2 in zip(eager, scores) for x, y in zip(s1, s2))
+                    same = sum(max(range(len(s1)), key=s1.__getitem__) == max(range(len(s2)), key=s2.__getitem__)
+                               for s1, s2 in zip(eager, scores))
+                    print(f"{n} models: unfused graph vs unfused eager batched path: max |score diff| {noise:.4f}, "
+                          f"same argmax {same}/{len(ps)}", flush=True)
+                diff = max(abs(x - y) for s1, s2 in zip(scores, ref[n]) for x, y in zip(s1, s2))
+                same = sum(max(range(len(s1)), key=s1.__getitem__) == max(range(len(s2)), key=s2.__getitem__)
+                           for s1, s2 in zip(scores, ref[n]))
+                k = [0]
+
+                def one():
+                    k[0] += 1
+                    r.route(qs[k[0] % 8], off)
+
+                b1 = rl.timer(one, a.repeats, 10, torch.cuda.synchronize)["median_ms"]
+                bq = qs * 8
+                b64 = rl.timer(lambda: r.route_batch(bq, [off] * 64), 3, 1, torch.cuda.synchronize)["median_ms"]
+                print(f"round {rnd} {name:<13} {n} models: route p50 {b1:.2f} ms, batch 64: {64000 / b64:.0f} "
+                      f"decisions/s, graph failures {r.prefix_scorer.graph_failures}, max |score - unfused| {diff:.4f}, "
+                      f"same argmax {same}/{len(ps)}",
+                      flush=True)
+            del model, r
+            torch.cuda.empty_cache()
+            if name == "fused+rotary":  # the rotary patch is process-wide: undo it for the next round
+                import transformers.models.qwen2.modeling_qwen2 as mq
+
+                f = mq.apply_rotary_pos_emb
+                mq.apply_rotary_pos_emb = getattr(f, "_torchdynamo_orig_callable", f)
 
 
 if __name__ == "__main__":

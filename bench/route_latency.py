@@ -326,10 +326,12 @@ def prefix_bench(args) -> dict:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        graphs = conf.endswith("graphs")
-        before = conf.endswith("today")
-        kw = dict(prefix_cache_mb=0, merge_adapter=False, cuda_graphs=False) if before else dict(
-            cuda_graphs=graphs, merge_adapter=not quant)
+        plain = conf.endswith("-plain")  # without the fused kernels (fused.py), the serving default on CUDA now
+        base = conf[: -len("-plain")] if plain else conf
+        graphs = base.endswith("graphs")
+        before = base.endswith("today")
+        kw = dict(prefix_cache_mb=0, merge_adapter=False, cuda_graphs=False, fuse_kernels=False) if before else dict(
+            cuda_graphs=graphs, merge_adapter=not quant, fuse_kernels=not plain)
         r = LoRARouter(model=model, tokenizer=tok, mode="score", max_prompt_tokens=None, batch_size=max(batches), **kw)
         weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
         for n in ns:
@@ -409,7 +411,8 @@ if __name__ == "__main__":
         ap.add_argument("--lora-r", type=int, default=16)
         ap.add_argument("--seed", type=int, default=0)
         ap.add_argument("--prefix-configs", default="bf16-merged-graphs,bf16-merged-eager,nf4-graphs,nf4-eager,nf4-today,bf16-today",
-                        help="comma-separated: {bf16-merged,nf4}-{graphs,eager}, {bf16,nf4}-today (whole prompt, no reuse)")
+                        help="comma-separated: {bf16-merged,nf4}-{graphs,eager}[-plain] (-plain: without the fused "
+                             "kernels), {bf16,nf4}-today (whole prompt, no reuse)")
         ap.add_argument("--json", default=None)
         prefix_bench(ap.parse_args())
     else:

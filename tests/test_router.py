@@ -377,3 +377,46 @@ def test_graph_path_layout_gives_the_same_scores(router, pool_rb):
         eager = sc._score_eager(entry, m, [ids[m:]], acts)[0]
         graph = sc._score_graph(entry, m, [ids[m:]], acts)[0]
         assert graph == pytest.approx(eager, abs=5e-4)
+
+
+# ---- fused kernels (fused.py) -----------------------------------------------------------------------------------------
+
+
+def test_fused_kernels_are_a_cuda_only_change(router):
+    """On the CPU nothing is patched (the default is off there) and an explicit request changes nothing either."""
+    from xrouter_lite.fused import fuse_elementwise
+
+    assert router.fused == 0
+    before = {id(m): m.forward for m in router.model.modules()}
+    assert fuse_elementwise(router.model, rotary=True) == 0
+    assert all(m.forward == before[id(m)] for m in router.model.modules())
+
+
+@pytest.mark.gpu
+def test_fused_kernels_keep_the_decisions(pool_rb):
+    """CUDA, SmolLM2 in bf16: the fused norms / SiLU gate / rotary move the scores no more than bf16 rounding already
+    moves them between two exact paths of the plain kernels (static prefix reused vs the whole prompt in one forward),
+    a choice changes only between models within that rounding of each other; every norm and MLP is patched."""
+    import torch
+
+    from xrouter_lite.assets import smollm2_path
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    kw = dict(base_model=str(smollm2_path()), device="cuda", quantize="none", dtype="bfloat16", max_prompt_tokens=None)
+    offered = [pool_rb] * len(QUERIES)
+    plain = LoRARouter(**kw, fuse_kernels=False)
+    want = plain.route_batch(QUERIES, offered)  # before the process-wide rotary patch
+    whole = LoRARouter(model=plain.model, tokenizer=plain.tokenizer, prefix_cache_mb=0, fuse_kernels=False,
+                       max_prompt_tokens=None).route_batch(QUERIES, offered)
+    noise = max(abs(a.base_scores[m] - b.base_scores[m]) for a, b in zip(want, whole) for m in a.base_scores)
+    fused = LoRARouter(**kw, fuse_kernels=True)
+    n_layers = fused.model.config.num_hidden_layers
+    assert fused.fused == 2 * n_layers + 1 + n_layers  # two norms a layer + the final norm, one MLP a layer
+    got = fused.route_batch(QUERIES, offered)
+    moved = max(abs(a.base_scores[m] - b.base_scores[m]) for a, b in zip(want, got) for m in a.base_scores)
+    print(f"bf16 noise between the plain paths {noise:.4f}, fused vs plain {moved:.4f}")
+    assert moved <= max(2 * noise, 0.05)
+    for a, b in zip(want, got):  # a choice may change only between models the plain kernels' rounding also ties
+        gap = abs(a.base_scores[a.model_id] - a.base_scores[b.model_id])
+        assert a.model_id == b.model_id or gap <= 2 * max(noise, moved)

@@ -428,7 +428,9 @@ class LoRARouter(CostAwareRouter):
     computed once per offered set and kept in a bounded LRU (``prefix_cache.py``); a decision then runs only the
     question's tokens and the candidates' tokens over it. Same tokens, same scores up to float rounding.
     ``cuda_graphs`` (default: on CUDA) replays batch-1 decisions as CUDA graphs. ``merge_adapter`` (default: on
-    CUDA with unquantised weights) merges the LoRA into the base weights for serving.
+    CUDA with unquantised weights) merges the LoRA into the base weights for serving. ``fuse_kernels`` (default: on
+    CUDA) runs each RMSNorm, SiLU gate and rotary embedding as one compiled kernel (``fused.py``; same arithmetic up
+    to the order of fp32 reductions): the batch-1 decision is GPU-bound and these small kernels were a third of it.
 
     mode="generate": greedy decoding of the tool call, read with ``prompting.parse_action``. An unusable answer
     (or a prompt over ``max_prompt_tokens``) gives the default model (``default_model`` when offered, else the
@@ -465,6 +467,7 @@ class LoRARouter(CostAwareRouter):
         prefix_cache_mb: float | None = DEFAULT_PREFIX_CACHE_MB,
         cuda_graphs: bool | None = None,
         merge_adapter: bool | None = None,
+        fuse_kernels: bool | None = None,
     ):
         super().__init__(
             tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
@@ -510,6 +513,11 @@ class LoRARouter(CostAwareRouter):
                 raise ValueError("merge_adapter: a LoRA cannot be merged into 4-bit base weights (load with quantize='none')")
             self.model = model = model.merge_and_unload()
             self.merged = True
+        self.fused = 0
+        if on_cuda if fuse_kernels is None else fuse_kernels:  # fused.py: norms, SiLU-gate, rotary as single kernels
+            from .fused import fuse_elementwise
+
+            self.fused = fuse_elementwise(model, rotary=True)
         self.prefix_scorer = None
         if prefix_cache_mb:  # static prefix reuse (prefix_cache.py): the pool block's KV computed once per offered set
             self.prefix_scorer = PrefixScorer(
