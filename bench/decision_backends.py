@@ -72,22 +72,30 @@ def main() -> None:
                            cuda_graphs=True, merge_adapter=True)
             with sdpa_kernel(be) if be else contextlib.nullcontext():
                 for n, off in pools.items():
-                    k = [0]
-
-                    def one():
-                        k[0] += 1
-                        r.route(qs[k[0] % 8], off)
-
-                    b1 = rl.timer(one, a.repeats, 10, torch.cuda.synchronize)["median_ms"]
-                    bq = qs * 8
-                    b64 = rl.timer(lambda: r.route_batch(bq, [off] * 64), 3, 1, torch.cuda.synchronize)["median_ms"]
-                    print(f"{name:<10} {n} models: route p50 {b1:.2f} ms, batch 64: {64000 / b64:.0f} decisions/s, "
+                    b1, per_s = time_route(rl, r, qs, off, a.repeats)
+                    print(f"{name:<10} {n} models: route p50 {b1:.2f} ms, batch 64: {per_s:.0f} decisions/s, "
                           f"graph failures {r.prefix_scorer.graph_failures}", flush=True)
         except Exception as e:  # noqa: BLE001 - a backend without a kernel for this mask: reported, the others go on
             traceback.print_exc(limit=3)
             print(f"{name} FAILED: {e}", flush=True)
         del model
         torch.cuda.empty_cache()
+
+
+def time_route(rl, r, qs, off, repeats: int) -> tuple[float, float]:
+    """(batch-1 route() p50 in ms over the 8 questions in turn, decisions/s of route_batch at batch 64)."""
+    import torch
+
+    k = [0]
+
+    def one():
+        k[0] += 1
+        r.route(qs[k[0] % 8], off)
+
+    b1 = rl.timer(one, repeats, 10, torch.cuda.synchronize)["median_ms"]
+    bq = qs * 8
+    b64 = rl.timer(lambda: r.route_batch(bq, [off] * 64), 3, 1, torch.cuda.synchronize)["median_ms"]
+    return b1, 64000 / b64
 
 
 def fuse_variants(a, rl, tok, pools, qs) -> None:
@@ -124,16 +132,8 @@ def fuse_variants(a, rl, tok, pools, qs) -> None:
                 diff = max(abs(x - y) for s1, s2 in zip(scores, ref[n]) for x, y in zip(s1, s2))
                 same = sum(max(range(len(s1)), key=s1.__getitem__) == max(range(len(s2)), key=s2.__getitem__)
                            for s1, s2 in zip(scores, ref[n]))
-                k = [0]
-
-                def one():
-                    k[0] += 1
-                    r.route(qs[k[0] % 8], off)
-
-                b1 = rl.timer(one, a.repeats, 10, torch.cuda.synchronize)["median_ms"]
-                bq = qs * 8
-                b64 = rl.timer(lambda: r.route_batch(bq, [off] * 64), 3, 1, torch.cuda.synchronize)["median_ms"]
-                print(f"round {rnd} {name:<13} {n} models: route p50 {b1:.2f} ms, batch 64: {64000 / b64:.0f} "
+                b1, per_s = time_route(rl, r, qs, off, a.repeats)
+                print(f"round {rnd} {name:<13} {n} models: route p50 {b1:.2f} ms, batch 64: {per_s:.0f} "
                       f"decisions/s, graph failures {r.prefix_scorer.graph_failures}, max |score - unfused| {diff:.4f}, "
                       f"same argmax {same}/{len(ps)}",
                       flush=True)

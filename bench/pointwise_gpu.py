@@ -115,7 +115,7 @@ def train(a) -> None:
                   f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved)", flush=True)
         np.savez(a.out / f"split{s}.npz", p_val=np.stack(pv), p_test=np.stack(pt), train_bce=np.array(losses))
         (a.out / f"split{s}.json").write_text(json.dumps(rec) + "\n")
-        del model, base, head, opt
+        model = base = head = opt = None  # free the GPU memory before the next split
         torch.cuda.empty_cache()
 
 

@@ -191,17 +191,11 @@ def build_from_logistic_router(router, train_cache, pool, offered: Sequence[str]
     training questions read from ``train_cache`` (those with an answer of every offered model); ``kw``: the
     conditional classifiers' settings (``LogisticTable``)."""
     from .evaluate import mean_costs, pairable_of
-    from .pairs import default_offered
-    from .state import AgenticConfig, load_questions
+    from .state import AgenticConfig
+    from .table import router_training_questions
 
     cfg = cfg or AgenticConfig()
-    row = {pid: i for i, pid in enumerate(router.train_ids)}
-    allq = [q for q in load_questions(train_cache, pool) if q.prompt_id in row]
-    off = list(offered) if offered else default_offered(pool, allq, cfg)
-    qs = [q for q in load_questions(train_cache, pool, off) if q.prompt_id in row]
-    if not qs:
-        raise ValueError(f"{train_cache}: no training question with an answer of every offered model ({', '.join(off)})")
-    X = router.train_emb[[row[q.prompt_id] for q in qs]]
+    qs, off, X = router_training_questions(router, train_cache, pool, offered, cfg)
     return LogisticTable(qs, X, off, pairable_of(pool, off, cfg), mean_costs(qs, off),
                          C=getattr(router, "C", 1.0), turn_penalty=cfg.turn_penalty, **kw)
 

@@ -45,33 +45,32 @@ def _tau(srv, name: str) -> float:
     return tau
 
 
-def cluster_table(srv):
-    """The agentic table over the served cluster router's clusters (built once, from --train-cache)."""
+def _built_once(srv, attr: str, build):
+    """``srv.<attr>``, built by ``build(router, train_cache, pool)`` on first use (one thread builds, the others wait)."""
     import threading
 
-    lock = srv.__dict__.setdefault("_agentic_table_lock", threading.Lock())
+    lock = srv.__dict__.setdefault(f"_{attr}_lock", threading.Lock())
     with lock:
-        t = getattr(srv, "agentic_table", None)
+        t = getattr(srv, attr, None)
         if t is None:
-            from .table import build_from_cluster_router
-
-            t = srv.agentic_table = build_from_cluster_router(srv.router, srv.settings.train_cache, srv.pool)
+            t = build(srv.router, srv.settings.train_cache, srv.pool)
+            setattr(srv, attr, t)
         return t
+
+
+def cluster_table(srv):
+    """The agentic table over the served cluster router's clusters (built once, from --train-cache)."""
+    from .table import build_from_cluster_router
+
+    return _built_once(srv, "agentic_table", build_from_cluster_router)
 
 
 def logistic_table(srv):
     """The logistic-valued agentic table over the served logistic router's training embeddings (built once, from
     --train-cache)."""
-    import threading
+    from .logistic_table import build_from_logistic_router
 
-    lock = srv.__dict__.setdefault("_agentic_ltable_lock", threading.Lock())
-    with lock:
-        t = getattr(srv, "agentic_logistic_table", None)
-        if t is None:
-            from .logistic_table import build_from_logistic_router
-
-            t = srv.agentic_logistic_table = build_from_logistic_router(srv.router, srv.settings.train_cache, srv.pool)
-        return t
+    return _built_once(srv, "agentic_logistic_table", build_from_logistic_router)
 
 
 def lora_scorer(router):

@@ -124,23 +124,32 @@ def nearest(centroids, emb) -> list[int]:
     return [int(i) for i in np.argmin(((e[:, None, :] - centroids[None, :, :]) ** 2).sum(-1), axis=1)]
 
 
-def build_from_cluster_router(router, train_cache, pool, offered: Sequence[str] | None = None,
-                              cfg: AgenticConfig | None = None, n_clusters: int | None = None, seed: int = 0):
-    """The table over k-means clusters of a fitted ``ClusterRouter``'s training embeddings (its encoder, its
-    training questions read from ``train_cache``); ``table.centroids`` assign live questions (``nearest``)."""
-    from .evaluate import pairable_of
+def router_training_questions(router, train_cache, pool, offered: Sequence[str] | None, cfg: AgenticConfig):
+    """(questions, offered models, their embeddings) of a fitted embedding router (``train_ids`` / ``train_emb``):
+    its training questions read from ``train_cache``, those with an answer of every offered model (``offered``, or
+    the agentic default set of the cache)."""
     from .pairs import default_offered
     from .state import load_questions
 
-    cfg = cfg or AgenticConfig()
     row = {pid: i for i, pid in enumerate(router.train_ids)}
     allq = [q for q in load_questions(train_cache, pool) if q.prompt_id in row]
     off = list(offered) if offered else default_offered(pool, allq, cfg)
     qs = [q for q in load_questions(train_cache, pool, off) if q.prompt_id in row]
     if not qs:
         raise ValueError(f"{train_cache}: no training question with an answer of every offered model ({', '.join(off)})")
-    centroids, labels = fit_clusters(router.train_emb[[row[q.prompt_id] for q in qs]], n_clusters, seed)
+    return qs, off, router.train_emb[[row[q.prompt_id] for q in qs]]
+
+
+def build_from_cluster_router(router, train_cache, pool, offered: Sequence[str] | None = None,
+                              cfg: AgenticConfig | None = None, n_clusters: int | None = None, seed: int = 0):
+    """The table over k-means clusters of a fitted ``ClusterRouter``'s training embeddings (its encoder, its
+    training questions read from ``train_cache``); ``table.centroids`` assign live questions (``nearest``)."""
+    from .evaluate import pairable_of
+
+    cfg = cfg or AgenticConfig()
+    qs, off, X = router_training_questions(router, train_cache, pool, offered, cfg)
+    centroids, labels = fit_clusters(X, n_clusters, seed)
     return ClusterTable(qs, labels, off, pairable_of(pool, off, cfg), cfg, centroids)
 
 
-__all__ = ["ClusterTable", "build_from_cluster_router"]
+__all__ = ["ClusterTable", "build_from_cluster_router", "router_training_questions"]
