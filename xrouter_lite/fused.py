@@ -46,10 +46,23 @@ def fuse_elementwise(model, rotary: bool = False) -> int:
     if dev.type != "cuda":
         return 0
     rms, swiglu = _compiled("rms"), _compiled("swiglu")
-    try:  # compile now (dynamic shapes: once), so that a machine without a working Triton keeps the plain kernels
-        x = torch.ones((2, 3, 8), dtype=torch.bfloat16, device=dev)
-        rms(x, torch.ones(8, dtype=torch.bfloat16, device=dev), 1e-6), swiglu(x, x)
-        rms(x[:, :2], torch.ones(8, dtype=torch.bfloat16, device=dev), 1e-6), swiglu(x[:1], x[:1])
+    norm = next((m for m in model.modules() if type(m).__name__.endswith("RMSNorm")), None)
+    dt = norm.weight.dtype if norm is not None else torch.bfloat16  # the activations' dtype (4-bit weights are uint8)
+    rope = []
+    if rotary:
+        for name, m in list(sys.modules.items()):
+            if name.startswith("transformers.models.") and name.endswith(("modeling_qwen2", "modeling_llama")):
+                f = getattr(m, "apply_rotary_pos_emb", None)
+                if f is not None and not getattr(f, "_xrouter_fused", False):
+                    rope.append((m, f, torch.compile(f, dynamic=True, fullgraph=True)))
+    try:  # compile now (dynamic shapes: once), in the model's dtype, so that a machine without a working Triton
+        for T in (3, 2):  # (or with a kernel it cannot build) keeps the plain kernels
+            x = torch.ones((2, T, 8), dtype=dt, device=dev)
+            rms(x, torch.ones(8, dtype=dt, device=dev), 1e-6), swiglu(x, x)
+            q = torch.ones((1, 2, T, 8), dtype=dt, device=dev)
+            cs = torch.ones((1, T, 8), dtype=dt, device=dev)
+            for _m, _f, g in rope:
+                g(q, q, cs, cs)
     except Exception as e:  # noqa: BLE001 - any compiler failure: unfused, said once
         print(f"xrouter-lite: fused kernels unavailable ({type(e).__name__}: {e}); using the plain ones", file=sys.stderr)
         return 0
@@ -64,12 +77,7 @@ def fuse_elementwise(model, rotary: bool = False) -> int:
             if act is not None and type(act).__name__ in ("SiLU", "SiLUActivation"):
                 mod.forward = (lambda m: (lambda x: m.down_proj(swiglu(m.gate_proj(x), m.up_proj(x)))))(mod)
                 n += 1
-    if rotary:
-        for name, m in list(sys.modules.items()):
-            if name.startswith("transformers.models.") and name.endswith(("modeling_qwen2", "modeling_llama")):
-                f = getattr(m, "apply_rotary_pos_emb", None)
-                if f is not None and not getattr(f, "_xrouter_fused", False):
-                    g = torch.compile(f, dynamic=True, fullgraph=True)
-                    g._xrouter_fused = True
-                    m.apply_rotary_pos_emb = g
+    for m, _f, g in rope:
+        g._xrouter_fused = True
+        m.apply_rotary_pos_emb = g
     return n
