@@ -120,7 +120,15 @@ def test_live_server_router_agentic_with_the_cluster_router(tmp_path):
                      for m, p in ((A, 0.1), (B, 0.2), (S, 5.0))])
         router = load_router("cluster", pool=pool, train_cache=cache)
         settings = ServeSettings(upstream_timeout_s=5.0, train_cache=cache)
-        with Live(create_app(pool=pool, router=router, settings=settings), start_s=120) as srv:
+        app = create_app(pool=pool, router=router, settings=settings)
+        with Live(app, start_s=120) as srv:
+            import time
+
+            t0 = time.monotonic()  # the table is built at start-up, in the background, before any agentic request
+            while getattr(app.state.server, "agentic_table", None) is None and time.monotonic() - t0 < 60:
+                time.sleep(0.1)
+            assert app.state.server.agentic_table is not None
+
             def ask(text, model="router-agentic-0.5"):
                 r = httpx.post(srv.url + "/v1/chat/completions", timeout=60,
                                json={"model": model, "messages": [{"role": "user", "content": text}]})

@@ -73,6 +73,23 @@ def logistic_table(srv):
     return _built_once(srv, "agentic_logistic_table", build_from_logistic_router)
 
 
+def warm_tables(srv) -> None:
+    """At start-up, in the background: build the agentic table of a cluster or logistic router served with
+    --train-cache (tens of seconds on a full pool), so that the first ``router-agentic`` request does not pay for it
+    (one arriving during the build waits for it). A failure is logged here and raised again by the request."""
+    if srv.settings.train_cache is None:
+        return
+    try:
+        if hasattr(srv.router, "clusters_of"):
+            cluster_table(srv)
+        elif getattr(srv.router, "name", None) == "logistic":
+            logistic_table(srv)
+    except Exception as e:  # noqa: BLE001 - the request path reports it to the client
+        import logging
+
+        logging.getLogger(__name__).warning("agentic table not built at start-up: %s", e)
+
+
 def lora_scorer(router):
     """score(prompt, actions) over a loaded ``LoRARouter`` (the same scorer as ``eval --agentic``)."""
     from .evaluate import lora_score_fn

@@ -112,10 +112,17 @@ class RouterServer:
         self.batcher = DecisionBatcher(self.router, s.max_router_batch, s.batch_window_ms / 1000.0, s.max_router_queue)
         await self.batcher.warm_up(self.default_offered)
         self.batcher.start()
+        from ..agentic.serve_hook import warm_tables
+
+        # the agentic table of a cluster / logistic router, built in the background (one-shot requests go on)
+        self._agentic_warm = asyncio.create_task(asyncio.to_thread(warm_tables, self))
 
     async def shutdown(self) -> None:
         from .. import llm
 
+        warm = getattr(self, "_agentic_warm", None)
+        if warm is not None and not warm.done():
+            warm.cancel()  # the build's thread finishes on its own; nothing waits for it
         if self.batcher is not None:
             await self.batcher.stop()
         if self.decision_log is not None:
