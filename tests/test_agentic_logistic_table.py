@@ -10,18 +10,11 @@ from xrouter_lite.agentic.evaluate import logistic_oneshot, logistic_p
 from xrouter_lite.agentic.logistic_table import LogisticTable, majority
 from xrouter_lite.agentic.replay import replay
 from xrouter_lite.agentic.runner import run_agentic
-from xrouter_lite.agentic.state import QOutcome, Question
 from xrouter_lite.pool import ModelSpec, Pool
 
-A, B, S = "cheap", "spare", "strong"
-IDS = [A, B, S]
-COST = {A: 0.001, B: 0.002, S: 0.05}
+from test_agentic_table import COST, IDS, A, B, S, _caller, _q, _write_cache, colour_and_topology, fake_pool
+
 NORM = {m: c / COST[S] for m, c in COST.items()}
-
-
-def _q(pid, reads, correct):
-    return Question(pid, "d", "mc", f"question {pid}", {
-        m: QOutcome(ok, COST[m], f"The answer is {r}", r) for m, r, ok in zip(IDS, reads, correct)})
 
 
 def world(n=40, seed=0):
@@ -89,15 +82,6 @@ def test_sparse_condition_gets_its_smoothed_mean_and_majority_rule():
     assert majority([A, B, S], {A: None, B: None, S: None}, NORM) == S
 
 
-def _caller(q, fail=()):
-    async def call(m, msgs):
-        await asyncio.sleep(0.001)
-        if m in fail:
-            raise RuntimeError(f"{m} is down")
-        return q.outcomes[m].response, COST[m], 0.001
-    return call
-
-
 def test_live_runner_makes_the_replays_trajectories_and_skips_a_failure():
     qs, X = world()
     t = table(qs, X)
@@ -158,29 +142,13 @@ def test_live_server_router_agentic_with_the_logistic_router(tmp_path):
     from xrouter_lite.serve import ServeSettings, create_app
 
     from test_agentic_serve import Live
-    from test_agentic_table import _write_cache
 
-    things = ("tomato", "strawberry", "cherry", "fire truck", "ruby", "brick", "frog", "leaf", "cucumber", "pea",
-              "lobster", "apple", "lettuce", "emerald", "cardinal bird", "lime", "kiwi", "broccoli", "poppy", "olive")
-    hard = ("homotopy groups", "fibrations", "spectral sequences", "cohomology rings", "covering spaces", "CW complexes",
-            "knots", "manifolds", "simplicial sets", "loop spaces")
     # colour questions: the cheap answers agree and are right, or disagree and only the strong model is right; the
     # topology questions: the spare and the strong model are right
-    qs = []
-    for i, x in enumerate(things):
-        q = _q(f"e{i}", ["A", "A", "A"] if i < 10 else ["A", "B", "B"], [True, True, True] if i < 10 else [False, False, True])
-        q.prompt = f"What colour is a {x}? A) red B) green"
-        qs.append(q)
-    for i, x in enumerate(hard):
-        q = _q(f"h{i}", ["A", "B", "B"], [False, True, True])
-        q.prompt = f"Prove the theorem about {x} in algebraic topology. A) yes B) no"
-        qs.append(q)
     cache = tmp_path / "train.jsonl"
-    _write_cache(cache, qs)
+    _write_cache(cache, colour_and_topology())
     with FakeUpstream() as up:
-        pool = Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=up.base_url, input_price=p, output_price=p,
-                               context_window=8192, max_output_tokens=256, tier="premium" if m == S else "budget")
-                     for m, p in ((A, 0.1), (B, 0.2), (S, 5.0))])
+        pool = fake_pool(up)
         router = load_router("logistic", pool=pool, train_cache=cache)
         settings = ServeSettings(upstream_timeout_s=5.0, train_cache=cache)
         with Live(create_app(pool=pool, router=router, settings=settings), start_s=120) as srv:

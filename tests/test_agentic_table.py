@@ -93,6 +93,28 @@ def _write_cache(path, qs):
                                     o.cost, 0.01, None, "mc"))
 
 
+def colour_and_topology():
+    """The live tests' training questions (two clear topics for real MiniLM embeddings): colour questions where the
+    cheap answers agree and are right (10) or disagree and only the strong model is right (10), and topology
+    questions where the spare and the strong model are right (10); >= min_support (8) in each branch."""
+    things = ("tomato", "strawberry", "cherry", "fire truck", "ruby", "brick", "frog", "leaf", "cucumber", "pea",
+              "lobster", "apple", "lettuce", "emerald", "cardinal bird", "lime", "kiwi", "broccoli", "poppy", "olive")
+    easy = [f"What colour is a {x}? A) red B) green" for x in things]
+    hard = [f"Prove the theorem about {x} in algebraic topology. A) yes B) no" for x in
+            ("homotopy groups", "fibrations", "spectral sequences", "cohomology rings", "covering spaces", "CW complexes",
+             "knots", "manifolds", "simplicial sets", "loop spaces")]
+    qs = [_q(f"e{i}", ["A", "A", "A"] if i < 10 else ["A", "B", "B"], [True, True, True] if i < 10 else [False, False, True], p)
+          for i, p in enumerate(easy)]
+    return qs + [_q(f"h{i}", ["A", "B", "B"], [False, True, True], p) for i, p in enumerate(hard)]
+
+
+def fake_pool(up):
+    """The three models (cheap, spare: budget; strong: premium) served by the fake upstream ``up``."""
+    return Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=up.base_url, input_price=p, output_price=p,
+                           context_window=8192, max_output_tokens=256, tier="premium" if m == S else "budget")
+                 for m, p in ((A, 0.1), (B, 0.2), (S, 5.0))])
+
+
 def test_live_server_router_agentic_with_the_cluster_router(tmp_path):
     """serve --router cluster --train-cache CACHE: model router-agentic-<tau> runs the cluster table live against
     the fake upstream (real MiniLM embeddings; two clear topics)."""
@@ -102,22 +124,10 @@ def test_live_server_router_agentic_with_the_cluster_router(tmp_path):
 
     from test_agentic_serve import Live
 
-    things = ("tomato", "strawberry", "cherry", "fire truck", "ruby", "brick", "frog", "leaf", "cucumber", "pea",
-              "lobster", "apple", "lettuce", "emerald", "cardinal bird", "lime", "kiwi", "broccoli", "poppy", "olive")
-    easy = [f"What colour is a {x}? A) red B) green" for x in things]  # >= min_support (8) in each branch
-    hard = [f"Prove the theorem about {x} in algebraic topology. A) yes B) no" for x in
-            ("homotopy groups", "fibrations", "spectral sequences", "cohomology rings", "covering spaces", "CW complexes",
-             "knots", "manifolds", "simplicial sets", "loop spaces")]
-    # the colour questions: the cheap answers agree and are right, or disagree and only the strong model is right
-    qs = [_q(f"e{i}", ["A", "A", "A"] if i < 10 else ["A", "B", "B"], [True, True, True] if i < 10 else [False, False, True], p)
-          for i, p in enumerate(easy)]
-    qs += [_q(f"h{i}", ["A", "B", "B"], [False, True, True], p) for i, p in enumerate(hard)]
     cache = tmp_path / "train.jsonl"
-    _write_cache(cache, qs)
+    _write_cache(cache, colour_and_topology())
     with FakeUpstream() as up:
-        pool = Pool([ModelSpec(id=m, litellm_model=f"openai/{m}", api_base=up.base_url, input_price=p, output_price=p,
-                               context_window=8192, max_output_tokens=256, tier="premium" if m == S else "budget")
-                     for m, p in ((A, 0.1), (B, 0.2), (S, 5.0))])
+        pool = fake_pool(up)
         router = load_router("cluster", pool=pool, train_cache=cache)
         settings = ServeSettings(upstream_timeout_s=5.0, train_cache=cache)
         app = create_app(pool=pool, router=router, settings=settings)
