@@ -26,7 +26,7 @@ from xrouter_lite.decision import aiq_of_envelopes, envelope  # noqa: E402
 from xrouter_lite.evaluate import load_prompts, mean_cost_per_query  # noqa: E402
 from xrouter_lite.pairs import split_prompt_ids  # noqa: E402
 from xrouter_lite.records import iter_records  # noqa: E402
-from xrouter_lite.simple_routers import correctness_classifier  # noqa: E402
+from xrouter_lite.simple_routers import correctness_classifier, labelled_rows  # noqa: E402
 
 
 def main() -> None:
@@ -63,17 +63,12 @@ def main() -> None:
             P = {}
             known = 0
             for m in models:
-                rows = [p for p in side if m in p.outcomes]
+                # weighted: LogisticRouter's inverse-propensity weights (an explored question where the traversal
+                # would have stopped before m stands for the unexplored ones m never saw); else every row weighs 1
+                idx, y, w = labelled_rows(side, m, explored if arm.endswith("weighted") else None, share)
+                rows = [side[i] for i in idx]
                 known += len(rows)
-                y = np.array([p.outcomes[m].correct for p in rows])
                 X = np.stack([emb[p.prompt_id] for p in rows])
-                w = np.ones(len(rows))
-                if arm.endswith("weighted"):  # inverse propensity: an explored question where the traversal would have
-                    for i, p in enumerate(rows):  # stopped before m stands for the unexplored ones m never saw
-                        if p.prompt_id in explored:
-                            c = p.outcomes[m].cost
-                            if any(o.correct for mm, o in p.outcomes.items() if o.cost < c):
-                                w[i] = 1.0 / share
                 if arm.endswith("imputed"):  # the unknown label of m where a cheaper model was right: soft, from the
                     def cheaper_right(p):  # explored questions' rate of m being right there too
                         c = p.outcomes[m].cost
