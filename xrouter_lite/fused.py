@@ -6,9 +6,10 @@ each MLP's SiLU-times-up 2, each rotary embedding ~10).
 activation product by ``torch.compile``d functions of the same arithmetic (fp32 normalisation, then the weight in the
 input dtype, exactly as transformers' Qwen2RMSNorm); with ``rotary=True`` also the modeling module's
 ``apply_rotary_pos_emb`` (a module-level function: every model of that architecture in the process). Shapes are
-dynamic, so each function compiles once (at the first decision, before any CUDA graph is captured). The result
-is the same computation up to the order of fp32 reductions (scores agree to ~1e-2 nats in bf16; see the bench).
-CUDA only: on the CPU it does nothing and returns 0."""
+dynamic, so each function compiles once, here, on small tensors of the model's dtype (before any CUDA graph is
+captured); if that fails nothing is patched. The result is the same computation up to bf16 rounding: scores move as
+much as they already differ between two exact paths of the plain kernels (0.2-1 nats on sums of ~15 token
+log-probs; docs/BENCHMARKS.md, tests/test_router.py). CUDA only: on the CPU it does nothing and returns 0."""
 
 from __future__ import annotations
 
