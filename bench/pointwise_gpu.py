@@ -184,12 +184,11 @@ def compare(a) -> None:
             for ep, v in enumerate(val_aiq):
                 if best is None or v > best[0]:
                     best = (v, d.name, ep, z["p_val"][ep], z["p_test"][ep])
-        _, run, ep, pv, pt = best
+        best_val, run, ep, pv, pt = best
         lv = logistic(tr, va)
         ws = [0.0, 0.25, 0.5, 0.75, 1.0]
         wv = [aiq_of_envelopes(envs(w * pv + (1 - w) * lv, cvec), ov, models) for w in ws]
         w = ws[int(np.argmax(wv))]
-        val_aiq = [best[0]]
         arms = {
             "pointwise head": pt,
             "blend with MiniLM logistic (w on validation)": w * pt + (1 - w) * logistic(tr, te),
@@ -207,7 +206,7 @@ def compare(a) -> None:
             arms["three-way blend (weights on validation)"] = x * pt + y * st + zz * lt
         E = {k: envs(P, cvec) for k, P in arms.items()}
         res = {k: aiq_of_envelopes(e, ot, models) for k, e in E.items()}
-        print(f"split {s}: {run} epoch {ep + 1} chosen on validation (AIQ {val_aiq[0]:.3f}); blend weight {w:g} "
+        print(f"split {s}: {run} epoch {ep + 1} chosen on validation (AIQ {best_val:.3f}); blend weight {w:g} "
               f"(validation AIQ per weight {', '.join(f'{v:.3f}' for v in wv)})")
         boots = {k: [] for k in arms}
         for _ in range(a.bootstrap):
