@@ -5,6 +5,7 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
 
     python bench/traversal_designs.py FULL --emb-cache EMB.npz designs      # q0.08 a0 a0.5 a1 a-0.5
     python bench/traversal_designs.py FULL --emb-cache EMB.npz estimators   # C 0.5 / 1 / 2, weight clipping 3 / 5
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz dr           # inverse propensity vs doubly robust
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -26,6 +27,24 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
+def soft_logistic(X, t, C=1.0):
+    """argmin C sum(softplus(z) - t z) + ||beta||^2 / 2 over z = X beta + b (sklearn's C, intercept free): the logistic
+    regression of soft labels t, which may lie outside [0, 1]. Returns a function of a feature matrix giving P."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    X, t = np.asarray(X, float), np.asarray(t, float)
+    d = X.shape[1]
+
+    def f(th):
+        z = X @ th[:d] + th[d]
+        r = C * (1 / (1 + np.exp(-z)) - t)
+        return C * np.sum(np.logaddexp(0, z) - t * z) + 0.5 * th[:d] @ th[:d], np.concatenate([X.T @ r + th[:d], [r.sum()]])
+
+    th = minimize(f, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 3000, "gtol": 1e-8}).x
+    return lambda Z: 1 / (1 + np.exp(-(np.asarray(Z) @ th[:d] + th[d])))
+
+
 def main() -> None:
     import numpy as np
 
@@ -39,7 +58,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -99,6 +118,37 @@ def main() -> None:
             P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], C, sample_weight=w[sel])(E[test])
         return P
 
+    def predict_dr(rows, L, test, how, C=1.0):
+        """Doubly robust: every A_m row enters with a soft label, g (an outcome model from the explored A_m rows: their
+        rate of m, ``const``, or that rate given the cheapest correct model, ``cstar``, smoothed toward it) on the
+        unexplored ones and g + (y - g) / (explored share of A_m) on the explored ones; the rows the traversal reached
+        keep their label. The logistic loss stays convex with labels outside [0, 1] (softplus(z) - t z)."""
+        rows, cpq = np.array(rows), Cq[rows].mean(0)
+        order = np.argsort(cpq)
+        P = np.zeros((len(test), M))
+        Yr = Y[rows]
+        cstar = np.array([next((j for j in order if Yr[k, j]), -1) for k in range(len(rows))])
+        for m in range(M):
+            lab, cheaper = L[:, m], cpq < cpq[m]
+            A = (Yr[:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
+            t = Yr[:, m].astype(float)
+            keep = lab | A
+            if A.any():
+                ex = A & lab
+                pi = ex.sum() / A.sum()
+                pm = Yr[ex, m].mean() if ex.any() else 0.5
+                g = np.full(len(rows), pm)
+                if how == "cstar":
+                    for c in set(cstar[A].tolist()):
+                        sub = ex & (cstar == c)
+                        g[A & (cstar == c)] = (Yr[sub, m].sum() + pm) / (sub.sum() + 1)
+                t[A] = g[A]
+                if pi > 0:
+                    t[ex] = g[ex] + (Yr[ex, m] - g[ex]) / pi
+            sel = np.where(keep)[0]
+            P[:, m] = soft_logistic(E[rows[sel]], t[sel], C)(E[test])
+        return P
+
     def aiq(P, test, rows):
         cpq = Cq[rows].mean(0)
         cvec = {m: cpq[j] / cpq.max() for j, m in enumerate(models)}
@@ -109,8 +159,11 @@ def main() -> None:
     if a.what == "designs":
         arms = {d: d for d in ("q0.08", "a0", "a0.5", "a1", "a-0.5")}
         draws = lambda s: [s, s + 10]  # noqa: E731
-    else:
+    elif a.what == "estimators":
         arms = {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}}
+        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
+    else:
+        arms = {"C1": {}, "dr-const": {"dr": "const"}, "dr-cstar": {"dr": "cstar"}}
         draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
     res: dict[str, list[float]] = {}
     for s in a.seeds:
@@ -131,7 +184,8 @@ def main() -> None:
                         kw = {}
                     else:
                         L, kw = traverse(tr, ("q", 0.08), es), spec
-                    g = af - aiq(predict(tr, L, te, **kw), te, tr)
+                    P = predict_dr(tr, L, te, kw["dr"]) if "dr" in kw else predict(tr, L, te, **kw)
+                    g = af - aiq(P, te, tr)
                     res.setdefault(k, []).append(g)
                     share = (Cq[tr] * L).sum() / Cq[tr].sum()
                     print(f"split {s} fold {f} draw {es} {k}: cost share {share:.3f} gap {g:+.4f}", flush=True)
