@@ -101,6 +101,24 @@ def test_forced_traversal_writes_every_pair_graded_and_priced(fresh, env, transp
     assert fresh.stats()["requests"] == 12
 
 
+def test_a_grader_failure_keeps_the_paid_answer_and_its_cost(fresh, env, monkeypatch):
+    import xrouter_lite.grading as grading
+
+    def broken(task, text, reference):
+        raise ValueError("bad reference")
+
+    monkeypatch.setattr(grading, "is_correct", broken)
+    cfg = cfg_for(env)
+    s = run_cache(cfg, progress=False)
+    recs = records(cfg.out)
+    assert len(recs) == len(REFS) * len(MODELS) == s.errors
+    for r in recs:
+        assert r.error == "grading failed: ValueError: bad reference" and r.is_correct is None
+        assert r.response and r.cost > 0  # the answer was paid for: kept, and counted against the budget
+    assert s.spent_usd == pytest.approx(sum(r.cost for r in recs))
+    assert sum(t.cost_usd for t in s.per_model.values()) == pytest.approx(s.spent_usd)
+
+
 def test_models_subset_and_limit(fresh, env):
     cfg = cfg_for(env, models=["fb"], limit=2)
     run_cache(cfg, progress=False)

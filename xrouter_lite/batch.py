@@ -163,7 +163,6 @@ async def arun_batch(cfg, *, pool: Pool | None = None, console=None, progress: b
     from rich.console import Console
 
     from . import cache as C
-    from .grading import is_correct
     from .llm import aclose as aclose_http
     from .llm import build_request_params, estimate_prompt_tokens_upper
     from .records import RecordWriter, repair_torn_tail
@@ -282,13 +281,7 @@ async def arun_batch(cfg, *, pool: Pool | None = None, console=None, progress: b
                 text = ((body["choices"][0].get("message") or {}).get("content")) or ""
                 usage = body.get("usage") or {}
                 tin, tout = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                cost = spec.batch_cost(tin, tout)
-                try:
-                    ok = is_correct(q.task, text, q.reference)
-                    rec = C._record(q, spec, response=text, is_correct=ok, in_tok=tin, out_tok=tout, cost=cost)
-                except Exception as e:
-                    rec = C._record(q, spec, response=text, in_tok=tin, out_tok=tout, cost=cost,
-                                    error=f"grading failed: {type(e).__name__}: {e}")
+                rec = C._graded_record(q, spec, text, in_tok=tin, out_tok=tout, cost=spec.batch_cost(tin, tout))
             else:
                 why = (row or {}).get("error") or (body.get("error") if isinstance(body, dict) else None)
                 why = why.get("message") if isinstance(why, dict) else why
@@ -298,17 +291,11 @@ async def arun_batch(cfg, *, pool: Pool | None = None, console=None, progress: b
             if rec.ok and rec.is_correct and skipped:
                 rec.skipped = skipped
             writer.write(rec)
-            t = summary.per_model[spec.id]
+            C._tally(summary, rec, rec.cost if rec.ok else 0.0)
             if rec.ok:
                 answered[(qid, mid)] = bool(rec.is_correct)
-                summary.ok += 1
-                t.ok += 1
-                t.correct += bool(rec.is_correct)
-                t.cost_usd += rec.cost
             else:
                 failed_now.add((qid, mid))
-                summary.errors += 1
-                t.errors += 1
         job["state"] = "collected"
         job["status"] = status
         save_state(out, state)

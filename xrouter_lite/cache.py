@@ -473,6 +473,33 @@ def _record(q, spec: ModelSpec, *, response=None, is_correct=None, in_tok=0, out
     )
 
 
+def _graded_record(q, spec: ModelSpec, text: str, *, in_tok: int, out_tok: int, cost: float,
+                   latency: float = 0.0) -> CacheRecord:
+    """The record of a paid answer, graded; a grader failure keeps the answer, with the failure as its error (the
+    cache, the cost-ordered traversal and the batch collector write answers through this one function)."""
+    from .grading import is_correct
+
+    kw = dict(response=text, in_tok=in_tok, out_tok=out_tok, cost=cost, latency=latency)
+    try:
+        ok = is_correct(q.task, text, q.reference)
+    except Exception as e:  # a grader failure must not lose the paid answer silently
+        return _record(q, spec, error=f"grading failed: {type(e).__name__}: {e}", **kw)
+    return _record(q, spec, is_correct=ok, **kw)
+
+
+def _tally(summary, rec: CacheRecord, cost: float) -> None:
+    """Count a written record into the run's summary (totals and its model's line)."""
+    t = summary.per_model[rec.model_name]
+    if rec.ok:
+        summary.ok += 1
+        t.ok += 1
+        t.correct += bool(rec.is_correct)
+    else:
+        summary.errors += 1
+        t.errors += 1
+    t.cost_usd += cost
+
+
 class _Progress:
     """A rich progress bar on a terminal; a plain line every 10 s otherwise; nothing when disabled."""
 
@@ -525,7 +552,6 @@ async def arun_cache(
     """
     from rich.console import Console
 
-    from .grading import is_correct
     from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
 
     if cfg.batch:  # traversal hook: provider batch APIs (xrouter_lite.batch)
@@ -631,25 +657,10 @@ async def arun_cache(
                     rec = _record(q, s, error=str(e))
                 else:
                     actual = meta.cost
-                    try:
-                        ok = is_correct(q.task, text, q.reference)
-                    except Exception as e:  # a grader failure must not lose the paid answer silently
-                        rec = _record(q, s, response=text, in_tok=meta.input_tokens, out_tok=meta.output_tokens,
-                                      cost=meta.cost, latency=meta.latency_s,
-                                      error=f"grading failed: {type(e).__name__}: {e}")
-                    else:
-                        rec = _record(q, s, response=text, is_correct=ok, in_tok=meta.input_tokens,
-                                      out_tok=meta.output_tokens, cost=meta.cost, latency=meta.latency_s)
+                    rec = _graded_record(q, s, text, in_tok=meta.input_tokens, out_tok=meta.output_tokens,
+                                         cost=meta.cost, latency=meta.latency_s)
                 writer.write(rec)  # synchronous: a cancellation can never tear a line
-                t = summary.per_model[s.id]
-                if rec.ok:
-                    summary.ok += 1
-                    t.ok += 1
-                    t.correct += bool(rec.is_correct)
-                else:
-                    summary.errors += 1
-                    t.errors += 1
-                t.cost_usd += actual
+                _tally(summary, rec, actual)
                 done += 1
             finally:
                 await budget.settle(reserve, actual)

@@ -378,7 +378,6 @@ async def arun_cost_ordered(cfg, *, pool: Pool | None = None, console=None, prog
     from rich.console import Console
 
     from . import cache as C
-    from .grading import is_correct
     from .llm import LLMCallError, RetryPolicy, acall_model, estimate_prompt_tokens_upper, uses_direct_transport
     from .records import RecordWriter, repair_torn_tail
 
@@ -455,28 +454,13 @@ async def arun_cost_ordered(cfg, *, pool: Pool | None = None, console=None, prog
                     rec = C._record(q, s, error=str(e))
                 else:
                     actual = meta.cost
-                    try:
-                        ok = is_correct(q.task, text, q.reference)
-                    except Exception as e:
-                        rec = C._record(q, s, response=text, in_tok=meta.input_tokens, out_tok=meta.output_tokens,
-                                        cost=meta.cost, latency=meta.latency_s,
-                                        error=f"grading failed: {type(e).__name__}: {e}")
-                    else:
-                        rec = C._record(q, s, response=text, is_correct=ok, in_tok=meta.input_tokens,
-                                        out_tok=meta.output_tokens, cost=meta.cost, latency=meta.latency_s)
+                    rec = C._graded_record(q, s, text, in_tok=meta.input_tokens, out_tok=meta.output_tokens,
+                                           cost=meta.cost, latency=meta.latency_s)
                 rec.traversal = tag
                 if rec.ok and rec.is_correct and skipped:
                     rec.skipped = skipped
                 writer.write(rec)  # synchronous: never torn by a cancellation
-                t = summary.per_model[s.id]
-                if rec.ok:
-                    summary.ok += 1
-                    t.ok += 1
-                    t.correct += bool(rec.is_correct)
-                else:
-                    summary.errors += 1
-                    t.errors += 1
-                t.cost_usd += actual
+                C._tally(summary, rec, actual)
                 done += 1
                 return rec.is_correct if rec.ok else None
         finally:
