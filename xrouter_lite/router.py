@@ -688,6 +688,17 @@ class LoRARouter(CostAwareRouter):
                 result.append([common + v for v in sums.tolist()])
         return result
 
+    def _left_padded(self, seqs: list[list[int]]):
+        """(input ids, attention mask) of ``seqs`` padded on the left to the longest."""
+        torch = self._torch
+        P = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), P), dtype=torch.long)
+        for b, x in enumerate(seqs):
+            ids[b, P - len(x) :] = torch.tensor(x)
+            mask[b, P - len(x) :] = 1
+        return ids, mask
+
     def _score_batch_cached(self, prompts: list[list[int]], actions: list[list[list[int]]]) -> list[list[float]]:
         """Two forwards: the heads (KV cache kept), then every candidate's rest packed into one row per query
         over that cache, with a block mask."""
@@ -696,12 +707,8 @@ class LoRARouter(CostAwareRouter):
         B = len(prompts)
         lcps = [min(_common_prefix_len(a), min(len(x) for x in a) - 1) for a in actions]
         heads = [p + a[0][:l] for p, a, l in zip(prompts, actions, lcps)]
-        P = max(len(h) for h in heads)
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, h in enumerate(heads):
-            ids[b, P - len(h) :] = torch.tensor(h)
-            mask[b, P - len(h) :] = 1
+        ids, mask = self._left_padded(heads)
+        P = ids.shape[1]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         K = max(lcps) + 1
         with torch.inference_mode():
@@ -778,12 +785,8 @@ class LoRARouter(CostAwareRouter):
         from transformers import GenerationConfig
 
         B = len(prompts)
-        P = max(len(p) for p in prompts)
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, P - len(p) :] = torch.tensor(p)
-            mask[b, P - len(p) :] = 1
+        ids, mask = self._left_padded(prompts)
+        P = ids.shape[1]
         longest = max(len(a) for acts in actions for a in acts)
         gcfg = GenerationConfig(
             do_sample=False, max_new_tokens=self.max_new_tokens or longest + 8, pad_token_id=self.pad_id,
