@@ -6,6 +6,7 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz designs      # q0.08 a0 a0.5 a1 a-0.5
     python bench/traversal_designs.py FULL --emb-cache EMB.npz estimators   # C 0.5 / 1 / 2, weight clipping 3 / 5
     python bench/traversal_designs.py FULL --emb-cache EMB.npz dr           # inverse propensity vs doubly robust
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz cv           # C per model by weighted 5-fold log-loss
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -45,6 +46,31 @@ def soft_logistic(X, t, C=1.0):
     return lambda Z: 1 / (1 + np.exp(-(np.asarray(Z) @ th[:d] + th[d])))
 
 
+def choose_c(X, y, w=None, grid=(0.1, 0.3, 1.0, 3.0), folds: int = 5) -> float:
+    """The C of ``grid`` with the lowest 5-fold (stratified, seeded) log-loss of the classifier on these rows, each
+    row's loss weighted by its own weight (a cost-ordered cache's explored rows count for the questions they stand
+    for); 1.0 where a class has fewer than ``folds`` rows."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    from xrouter_lite.simple_routers import correctness_classifier
+
+    X, y = np.asarray(X), np.asarray(y).astype(int)
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    if len(set(y.tolist())) < 2 or np.bincount(y).min() < folds:
+        return 1.0
+    split = list(StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y))
+
+    def loss(c):
+        tot = 0.0
+        for tr, va in split:
+            p = np.clip(correctness_classifier(X[tr], y[tr], c, sample_weight=w[tr])(X[va]), 1e-6, 1 - 1e-6)
+            tot -= float((w[va] * (y[va] * np.log(p) + (1 - y[va]) * np.log(1 - p))).sum())
+        return tot
+
+    return min(grid, key=loss)
+
+
 def main() -> None:
     import numpy as np
 
@@ -58,7 +84,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -105,7 +131,7 @@ def main() -> None:
             lo, hi = (mid, hi) if (b0 + (sk * p).sum()) / tot < target else (lo, mid)
         return np.minimum(1, lo * rel ** (-alpha))
 
-    def predict(rows, L, test, C=1.0, clip=None):
+    def predict(rows, L, test, C=1.0, clip=None, cv=None):
         rows, cpq = np.array(rows), Cq[rows].mean(0)
         P = np.zeros((len(test), M))
         for m in range(M):
@@ -115,8 +141,10 @@ def main() -> None:
             if A.any() and lab[A].mean() > 0:
                 w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
             sel = np.where(lab)[0]
-            P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], C, sample_weight=w[sel])(E[test])
+            c = choose_c(E[rows[sel]], Y[rows[sel], m], w[sel], cv) if cv else C
+            P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], c, sample_weight=w[sel])(E[test])
         return P
+
 
     def predict_dr(rows, L, test, how, C=1.0):
         """Doubly robust: every A_m row enters with a soft label, g (an outcome model from the explored A_m rows: their
@@ -162,8 +190,11 @@ def main() -> None:
     elif a.what == "estimators":
         arms = {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}}
         draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
-    else:
+    elif a.what == "dr":
         arms = {"C1": {}, "dr-const": {"dr": "const"}, "dr-cstar": {"dr": "cstar"}}
+        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
+    else:
+        arms = {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}}
         draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
     res: dict[str, list[float]] = {}
     for s in a.seeds:
@@ -175,6 +206,10 @@ def main() -> None:
             n = len(perm) // 5
             tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
             af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
+            af_of = {k: aiq(predict(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
+                     for k, spec in arms.items() if a.what == "cv" and spec}
+            if af_of:
+                print(f"split {s} fold {f}: full-cache AIQ C1 {af:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in af_of.items()), flush=True)
             L0 = traverse(tr, ("q", 0.08), s)
             target = (Cq[tr] * L0).sum() / Cq[tr].sum()
             for es in draws(s):
@@ -185,7 +220,7 @@ def main() -> None:
                     else:
                         L, kw = traverse(tr, ("q", 0.08), es), spec
                     P = predict_dr(tr, L, te, kw["dr"]) if "dr" in kw else predict(tr, L, te, **kw)
-                    g = af - aiq(P, te, tr)
+                    g = af_of.get(k, af) - aiq(P, te, tr)
                     res.setdefault(k, []).append(g)
                     share = (Cq[tr] * L).sum() / Cq[tr].sum()
                     print(f"split {s} fold {f} draw {es} {k}: cost share {share:.3f} gap {g:+.4f}", flush=True)

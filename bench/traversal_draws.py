@@ -31,6 +31,7 @@ def main() -> None:
     import numpy as np
 
     from router_quality import _embeddings
+    from traversal_designs import choose_c
     from xrouter_lite.decision import aiq_of_envelopes, envelope
     from xrouter_lite.evaluate import load_prompts, mean_cost_per_query
     from xrouter_lite.pairs import split_prompt_ids
@@ -47,7 +48,8 @@ def main() -> None:
     ap.add_argument("--explore", type=float, default=0.08)
     ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--bootstrap", type=int, default=300)
-    ap.add_argument("--C", type=float, default=1.0)
+    ap.add_argument("--C", type=lambda v: v if v == "cv" else float(v), default=1.0,
+                    help='C of every classifier, or "cv": per model by weighted 5-fold log-loss (traversal_designs.choose_c)')
     a = ap.parse_args()
     pool = load_pool(a.pool)
     full, _ = load_prompts(a.full)
@@ -64,7 +66,8 @@ def main() -> None:
         for m in models:
             rows, y, w = labelled_rows(train, m, explored, share)
             X = np.stack([emb[train[i].prompt_id] for i in rows])
-            P[m] = correctness_classifier(X, y, a.C, sample_weight=w)(Et)
+            c = choose_c(X, y, w) if a.C == "cv" else a.C
+            P[m] = correctness_classifier(X, y, c, sample_weight=w)(Et)
         return [envelope({m: float(P[m][i]) for m in models}, cvec) for i in range(len(test))]
 
     all_gaps, all_shares, split_means = [], [], []
