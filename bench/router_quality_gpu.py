@@ -4,7 +4,7 @@ part of its training side. Everything else (the decision head, kNN, the comparis
 ``decisions.jsonl`` files this writes: ``bench/router_quality.py --split ...``.
 
     python bench/router_quality_gpu.py OUT_DIR [--runs s0:0:0 s1:1:0 s2:2:0] [--train-s 380] [--rb DIR] [--model DIR]
-        [--set lora_top_layers=8 max_steps=175 ...]
+        [--set lora_top_layers=8 max_steps=175 ...] [--train-only | --resume]
 
 A run is TAG:SEED:LAMBDA. Per run: pairs as configs/quality_routerbench.yaml (every model offered, strategy all, 6 pairs
 per prompt) with ``eval_fraction 0.2`` and ``val_fraction 0.25`` (1,323 training / 441 validation / 441 held-out
@@ -12,7 +12,9 @@ questions), QLoRA DPO of SmolLM2-135M-Instruct with the config's ``train_cuda`` 
 batch 8 x 2 accumulation so that three runs fit one 80 GB GPU), then the evaluation on the held-out and on the
 validation questions, then the decision head fit on the validation scores (``fit_head_from_cache``, as ``xrouter-lite
 fit-head``) and the evaluation again with it (the rule serving uses). A training run still going after ``--train-s``
-seconds is stopped as Ctrl-C stops it (the adapter is saved; its run card says "interrupted"). Python functions only:
+seconds is stopped as Ctrl-C stops it (the adapter is saved; its run card says "interrupted"); with ``--train-only``
+the call ends there and a later call with ``--resume`` (same OUT_DIR, a warm machine) trains on from that checkpoint
+and evaluates: a recipe longer than one call's limit. Python functions only:
 the device image has no typer/rich. ``--smoke`` checks the script on a CPU (8 questions per file, one step).
 """
 
@@ -59,7 +61,7 @@ def do_train(a) -> None:
     from xrouter_lite.train import TrainConfig, train
 
     cfg = json.loads(a.train_json)
-    res = train(TrainConfig.load(None, cfg), say=lambda m: print(m, flush=True))
+    res = train(TrainConfig.load(None, cfg), resume=a.resume, say=lambda m: print(m, flush=True))
     print(f"status {res.run_card['status']} step {res.run_card['final_metrics'].get('global_step')}", flush=True)
 
 
@@ -76,8 +78,12 @@ def one(a, tag: str, seed: int, lam: float) -> None:
         "strategy": "all", "max_pairs_per_prompt": 6, "subset_mode": "full", "eval_fraction": 0.2, "val_fraction": 0.25,
         "seed": seed, "reward": {"k": 1.0, "lam": lam, "cost_max": 0.5, "cost_unit": "normalized"},
     })
-    rep = run_pairs(out / "cache.jsonl", load_pool(POOL), pcfg, out_dir=d)
-    log(f"{tag}: pairs {rep.pairs_train} from {rep.prompts_train} questions; {rep.prompts_val} validation, {rep.prompts_eval} held out")
+    if a.resume and (d / "dpo_train_data.json").exists():
+        log(f"{tag}: --resume: the pairs of the first call, training goes on from the adapter's last checkpoint")
+    else:
+        rep = run_pairs(out / "cache.jsonl", load_pool(POOL), pcfg, out_dir=d)
+        log(f"{tag}: pairs {rep.pairs_train} from {rep.prompts_train} questions; {rep.prompts_val} validation, "
+            f"{rep.prompts_eval} held out")
     test = {json.loads(x)["prompt_id"] for x in open(d / "test_cache.jsonl")}
     with open(d / "trainside_cache.jsonl", "w") as f:  # the training side (train + validation): tau's cost vector
         for line in open(out / "cache.jsonl"):
@@ -86,13 +92,15 @@ def one(a, tag: str, seed: int, lam: float) -> None:
     # training in its own process (its GPU memory is given back when it ends); stopped after --train-s
     t0 = time.time()
     cfg = train_cfg(a, d / "dpo_train_data.json", d / "router")
-    if a.smoke and (d / "router" / "adapter_config.json").exists():
-        log(f"{tag}: --smoke: reusing the adapter in {d / 'router'}")
+    card = d / "router" / "run_card.json"
+    done = card.exists() and json.loads(card.read_text()).get("status") == "completed"
+    if (a.smoke or (a.resume and done)) and (d / "router" / "adapter_config.json").exists():
+        log(f"{tag}: reusing the {'completed ' if done else ''}adapter in {d / 'router'}")
         rc = 0
     else:
-        with open(d / "train.log", "w") as lf:
-            p = subprocess.Popen([sys.executable, __file__, str(out), "--train-json", json.dumps(cfg)], stdout=lf,
-                                 stderr=subprocess.STDOUT)
+        with open(d / "train.log", "a" if a.resume else "w") as lf:
+            p = subprocess.Popen([sys.executable, __file__, str(out), "--train-json", json.dumps(cfg)]
+                                 + (["--resume"] if a.resume else []), stdout=lf, stderr=subprocess.STDOUT)
             try:
                 p.wait(timeout=a.train_s)
             except subprocess.TimeoutExpired:
@@ -101,6 +109,8 @@ def one(a, tag: str, seed: int, lam: float) -> None:
                 p.wait()
             rc = p.returncode
     log(f"{tag}: training exit {rc} after {time.time() - t0:.0f} s")
+    if a.train_only:
+        return
     common = dict(adapter=str(d / "router"), train_cache=str(d / "trainside_cache.jsonl"), pool=POOL, batch_size=8,
                   max_queries=3 if a.smoke else None)
     say = lambda m: print(f"  {tag}: {m}", flush=True)  # noqa: E731
@@ -128,6 +138,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, help="override the recipe's num_train_epochs (2)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="train config overrides (YAML values)")
+    ap.add_argument("--train-only", action="store_true", help="stop after training (a later call: --resume)")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with the runs of an earlier call in OUT_DIR (its pairs; training from its checkpoint)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--train-json", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -143,14 +156,18 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = [f"{a.rb}/{n}" for n in ("arc_challenge_train.csv", "mbpp_train.csv", "winograde_train.csv")]
-    s = import_routerbench(files, out / "cache.jsonl", pool_path=POOL, limit_per_file=8 if a.smoke else None, overwrite=True)
-    log(s.format().splitlines()[0])
+    if not (a.resume and (out / "cache.jsonl").exists()):
+        s = import_routerbench(files, out / "cache.jsonl", pool_path=POOL, limit_per_file=8 if a.smoke else None,
+                               overwrite=True)
+        log(s.format().splitlines()[0])
     procs = []
     for r in a.runs:
         cmd = [sys.executable, __file__, str(out), "--one", r, "--train-s", str(a.train_s), "--model", a.model]
         cmd += ["--epochs", str(a.epochs)] if a.epochs else []
         cmd += ["--smoke"] if a.smoke else []
         cmd += ["--set", *a.set] if a.set else []
+        cmd += ["--train-only"] if a.train_only else []
+        cmd += ["--resume"] if a.resume else []
         procs.append((r, subprocess.Popen(cmd)))
     for r, p in procs:
         p.wait()
