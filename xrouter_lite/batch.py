@@ -291,7 +291,7 @@ async def arun_batch(cfg, *, pool: Pool | None = None, console=None, progress: b
             if rec.ok and rec.is_correct and skipped:
                 rec.skipped = skipped
             writer.write(rec)
-            C._tally(summary, rec, rec.cost if rec.ok else 0.0)
+            C._tally(summary, rec, rec.cost)  # a grader failure was paid too (as recorded_spend counts it)
             if rec.ok:
                 answered[(qid, mid)] = bool(rec.is_correct)
             else:
