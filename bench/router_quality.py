@@ -197,6 +197,22 @@ def _embeddings(prompts, path: Path | None):
     return {i: e for i, e in zip(ids, emb)}
 
 
+def label_matrices(cache: Path, emb_cache: Path | None):
+    """A full cache as matrices, question order of the file: (prompts, models (sorted), prompt ids, correctness Y and
+    cost C (questions x models), MiniLM embeddings E (questions x 384))."""
+    import numpy as np
+
+    from xrouter_lite.evaluate import load_prompts
+
+    full, _ = load_prompts(cache)
+    emb = _embeddings(full, emb_cache)
+    models = sorted(full[0].outcomes)
+    ids = [p.prompt_id for p in full]
+    Y = np.array([[p.outcomes[m].correct for m in models] for p in full], dtype=int)
+    C = np.array([[p.outcomes[m].cost for m in models] for p in full])
+    return full, models, ids, Y, C, np.stack([emb[i] for i in ids])
+
+
 def _knn(emb, train_ids, query_ids, outcome, models, k: int = 10):
     """KNNRouter.p_correct on cached embeddings: the mean correctness of each model over the k most similar
     training prompts (cosine)."""

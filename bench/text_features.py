@@ -33,9 +33,8 @@ def text_stats(text: str) -> list[float]:
 def main() -> None:
     import numpy as np
 
-    from router_quality import _embeddings
+    from router_quality import label_matrices
     from xrouter_lite.decision import aiq_of_envelopes, envelope
-    from xrouter_lite.evaluate import load_prompts
     from xrouter_lite.pairs import split_prompt_ids
     from xrouter_lite.simple_routers import correctness_classifier
 
@@ -46,13 +45,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--bootstrap", type=int, default=1000)
     a = ap.parse_args()
-    full, _ = load_prompts(a.cache)
-    emb = _embeddings(full, a.emb_cache)
-    models = sorted(full[0].outcomes)
-    ids = [p.prompt_id for p in full]
-    Y = np.array([[p.outcomes[m].correct for m in models] for p in full], dtype=int)
-    Cq = np.array([[p.outcomes[m].cost for m in models] for p in full])
-    E = np.stack([emb[i] for i in ids])
+    full, models, ids, Y, Cq, E = label_matrices(a.cache, a.emb_cache)
     S = np.array([text_stats(p.prompt) for p in full])
     variants = {"plain": (None, 0.0), "w0.1": (slice(0, 5), 0.1), "w0.3": (slice(0, 5), 0.3),
                 "w0.3 no code marker": (slice(0, 4), 0.3), "w0.3 lengths only": (slice(0, 2), 0.3)}

@@ -74,9 +74,8 @@ def choose_c(X, y, w=None, grid=(0.1, 0.3, 1.0, 3.0), folds: int = 5) -> float:
 def main() -> None:
     import numpy as np
 
-    from router_quality import _embeddings
+    from router_quality import label_matrices
     from xrouter_lite.decision import aiq_of_envelopes, envelope
-    from xrouter_lite.evaluate import load_prompts
     from xrouter_lite.pairs import split_prompt_ids
     from xrouter_lite.simple_routers import correctness_classifier
     from xrouter_lite.traversal import is_explored
@@ -88,13 +87,7 @@ def main() -> None:
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
-    full, _ = load_prompts(a.full)
-    emb = _embeddings(full, a.emb_cache)
-    models = sorted(full[0].outcomes)
-    ids = [p.prompt_id for p in full]
-    Y = np.array([[p.outcomes[m].correct for m in models] for p in full], dtype=int)
-    Cq = np.array([[p.outcomes[m].cost for m in models] for p in full])
-    E = np.stack([emb[i] for i in ids])
+    _, models, ids, Y, Cq, E = label_matrices(a.full, a.emb_cache)
     M = len(models)
 
     def u(*parts):
