@@ -124,12 +124,16 @@ def main() -> None:
             lo, hi = (mid, hi) if (b0 + (sk * p).sum()) / tot < target else (lo, mid)
         return np.minimum(1, lo * rel ** (-alpha))
 
+    def cheaper_right(rows, cpq, m):
+        """A_m per row: a model cheaper than m (by mean cost ``cpq``) answered the question right."""
+        cheaper = cpq < cpq[m]
+        return (Y[rows][:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
+
     def predict(rows, L, test, C=1.0, clip=None, cv=None):
         rows, cpq = np.array(rows), Cq[rows].mean(0)
         P = np.zeros((len(test), M))
         for m in range(M):
-            lab, cheaper = L[:, m], cpq < cpq[m]
-            A = (Y[rows][:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
+            lab, A = L[:, m], cheaper_right(rows, cpq, m)
             w = np.ones(len(rows))
             if A.any() and lab[A].mean() > 0:
                 w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
@@ -137,7 +141,6 @@ def main() -> None:
             c = choose_c(E[rows[sel]], Y[rows[sel], m], w[sel], cv) if cv else C
             P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], c, sample_weight=w[sel])(E[test])
         return P
-
 
     def predict_dr(rows, L, test, how, C=1.0):
         """Doubly robust: every A_m row enters with a soft label, g (an outcome model from the explored A_m rows: their
@@ -150,8 +153,7 @@ def main() -> None:
         Yr = Y[rows]
         cstar = np.array([next((j for j in order if Yr[k, j]), -1) for k in range(len(rows))])
         for m in range(M):
-            lab, cheaper = L[:, m], cpq < cpq[m]
-            A = (Yr[:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
+            lab, A = L[:, m], cheaper_right(rows, cpq, m)
             t = Yr[:, m].astype(float)
             keep = lab | A
             if A.any():
@@ -177,18 +179,13 @@ def main() -> None:
         return aiq_of_envelopes([envelope({m: float(P[i, j]) for j, m in enumerate(models)}, cvec)
                                  for i in range(len(test))], outs, models)
 
-    if a.what == "designs":
-        arms = {d: d for d in ("q0.08", "a0", "a0.5", "a1", "a-0.5")}
-        draws = lambda s: [s, s + 10]  # noqa: E731
-    elif a.what == "estimators":
-        arms = {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}}
-        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
-    elif a.what == "dr":
-        arms = {"C1": {}, "dr-const": {"dr": "const"}, "dr-cstar": {"dr": "cstar"}}
-        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
-    else:
-        arms = {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}}
-        draws = lambda s: [s, s + 10, s + 20]  # noqa: E731
+    arms = {
+        "designs": {d: d for d in ("q0.08", "a0", "a0.5", "a1", "a-0.5")},
+        "estimators": {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}},
+        "dr": {"C1": {}, "dr-const": {"dr": "const"}, "dr-cstar": {"dr": "cstar"}},
+        "cv": {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}},
+    }[a.what]
+    n_draws = 2 if a.what == "designs" else 3  # exploration seeds s, s + 10 (, s + 20)
     res: dict[str, list[float]] = {}
     for s in a.seeds:
         held = split_prompt_ids(set(ids), 0.2, s)
@@ -205,7 +202,7 @@ def main() -> None:
                 print(f"split {s} fold {f}: full-cache AIQ C1 {af:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in af_of.items()), flush=True)
             L0 = traverse(tr, ("q", 0.08), s)
             target = (Cq[tr] * L0).sum() / Cq[tr].sum()
-            for es in draws(s):
+            for es in range(s, s + 10 * n_draws, 10):
                 for k, spec in arms.items():
                     if a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
