@@ -7,11 +7,15 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz estimators   # C 0.5 / 1 / 2, weight clipping 3 / 5
     python bench/traversal_designs.py FULL --emb-cache EMB.npz dr           # inverse propensity vs doubly robust
     python bench/traversal_designs.py FULL --emb-cache EMB.npz cv           # C per model by weighted 5-fold log-loss
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz prune        # drop models from the cost-ordered part
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
 p_m = min(1, k x rel_cost_m^-X) (X = 0: one rate for every model; X > 0: cheap models more), k matched to the budget.
 Every arm weighs a model's explored rows where a cheaper model was right by 1 / (their explored share), per model.
+``prune`` (sixth session): the cost-ordered part skips the models the explored rows show ``dominated`` (a model no
+dearer was right as often) or not ``paying`` (greedy: dropping it lowers the traversal's cost on the explored rows),
+and the money saved buys a larger exploration sample at the 8% design's cost of the same draw.
 Prints each fold's gap (full-cache AIQ minus the arm's) and the mean over splits, folds and draws.
 """
 
@@ -83,7 +87,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -124,16 +128,65 @@ def main() -> None:
             lo, hi = (mid, hi) if (b0 + (sk * p).sum()) / tot < target else (lo, mid)
         return np.minimum(1, lo * rel ** (-alpha))
 
-    def cheaper_right(rows, cpq, m):
-        """A_m per row: a model cheaper than m (by mean cost ``cpq``) answered the question right."""
+    def cheaper_right(rows, cpq, m, called=None):
+        """A_m per row: a model cheaper than m (by mean cost ``cpq``; among ``called`` when given) answered right."""
         cheaper = cpq < cpq[m]
+        if called is not None:
+            cheaper &= called
         return (Y[rows][:, cheaper].sum(1) > 0) if cheaper.any() else np.zeros(len(rows), bool)
 
-    def predict(rows, L, test, C=1.0, clip=None, cv=None):
+    def dominated(rows, expl):
+        """Per model: some model no dearer (mean cost) was right at least as often on the explored rows."""
+        cpq, acc = Cq[rows].mean(0), Y[rows][expl].mean(0)
+        return np.array([any(j != m and cpq[j] <= cpq[m] and acc[j] >= acc[m] for j in range(M)) for m in range(M)])
+
+    def paying(rows, expl):
+        """Per model: kept in the cost-ordered traversal. Greedy: drop the model whose removal lowers the traversal's
+        mean cost on the explored rows most, while one does (a call that does not pay for the calls it saves); the
+        most accurate model there (the traversal's last resort) stays."""
+        cpq, R = Cq[rows].mean(0), [rows[k] for k in np.where(expl)[0]]
+        keep, top = np.ones(M, bool), int(np.argmax(Y[R].mean(0)))
+
+        def cost(kp):
+            order = [m for m in np.argsort(cpq) if kp[m]]
+            tot = 0.0
+            for r in R:
+                for m in order:
+                    tot += Cq[r, m]
+                    if Y[r, m]:
+                        break
+            return tot
+
+        best = cost(keep)
+        while True:
+            trials = [(cost(np.where(np.arange(M) == m, False, keep)), m) for m in np.where(keep)[0] if m != top]
+            c, m = min(trials)
+            if c >= best:
+                return keep
+            keep[m], best = False, c
+
+    def traverse_pruned(rows, e, seed, rule="dominated"):
+        """Explore e of the questions fully; on the others, cost-ordered over the models the explored rows keep
+        (``dominated``: not dominated; ``paying``: calls that pay for themselves). Returns the label mask and the
+        called models."""
+        expl = np.array([is_explored(ids[r], e, seed) for r in rows])
+        keep = ~dominated(rows, expl) if rule == "dominated" else paying(rows, expl)
+        cpq = Cq[rows].mean(0)
+        order = [m for m in np.argsort(cpq) if keep[m]]
+        L = base_mask(rows, order)
+        L[expl] = True
+        return L, keep
+
+    def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0):
         rows, cpq = np.array(rows), Cq[rows].mean(0)
         P = np.zeros((len(test), M))
         for m in range(M):
-            lab, A = L[:, m], cheaper_right(rows, cpq, m)
+            if called is not None and not called[m]:  # never called off the exploration sample: its rows, weight pruned_w
+                sel = np.where(L[:, m])[0]
+                w = np.full(len(sel), pruned_w if pruned_w > 0 else 1.0 / L[:, m].mean())
+                P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], C, sample_weight=w)(E[test])
+                continue
+            lab, A = L[:, m], cheaper_right(rows, cpq, m, called)
             w = np.ones(len(rows))
             if A.any() and lab[A].mean() > 0:
                 w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
@@ -184,6 +237,8 @@ def main() -> None:
         "estimators": {"C1": {}, "C0.5": {"C": 0.5}, "C2": {"C": 2.0}, "clip5": {"clip": 5}, "clip3": {"clip": 3}},
         "dr": {"C1": {}, "dr-const": {"dr": "const"}, "dr-cstar": {"dr": "cstar"}},
         "cv": {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}},
+        "prune": {"C1": {}, "prune-w1": {"pruned_w": 1.0}, "prune-wshare": {"pruned_w": 0.0},
+                  "pay-w1": {"pruned_w": 1.0, "rule": "paying"}, "pay-wshare": {"pruned_w": 0.0, "rule": "paying"}},
     }[a.what]
     n_draws = 2 if a.what == "designs" else 3  # exploration seeds s, s + 10 (, s + 20)
     res: dict[str, list[float]] = {}
@@ -203,8 +258,20 @@ def main() -> None:
             L0 = traverse(tr, ("q", 0.08), s)
             target = (Cq[tr] * L0).sum() / Cq[tr].sum()
             for es in range(s, s + 10 * n_draws, 10):
+                if a.what == "prune":  # the pruned design's exploration at this draw's cost of the 8% design
+                    t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
+                    grid = {rule: [x for x in np.arange(0.08, 0.2, 0.0025)
+                                   if (Cq[tr] * traverse_pruned(tr, x, es, rule)[0]).sum() / Cq[tr].sum() <= t_es]
+                            for rule in ("dominated", "paying")}
                 for k, spec in arms.items():
-                    if a.what == "designs":
+                    if a.what == "prune" and k != "C1":
+                        spec = dict(spec)
+                        rule = spec.pop("rule", "dominated")
+                        e = max(grid[rule] or [0.08])
+                        L, called = traverse_pruned(tr, e, es, rule)
+                        kw = dict(spec, called=called)
+                        print(f"  {rule}: explore {e:.4f}, not called {[models[j] for j in np.where(~called)[0]]}")
+                    elif a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
                         kw = {}
                     else:

@@ -187,6 +187,21 @@ def test_agentic_pairs_on_the_example_are_read_by_the_trainer(tmp_path, repo):
     assert out.columns["chosen_ids"][-1] == tok(agentic_action_text(ag[4]["chosen_model"]) + tok.eos_token, add_special_tokens=False)["input_ids"]
 
 
+def test_pairs_agentic_names_an_unknown_offered_model(tmp_path, repo):
+    """Regression: an unknown model in --agentic-models raised NameError (PoolError was not imported) instead of a
+    one-line error naming the model."""
+    from typer.testing import CliRunner
+
+    from xrouter_lite.cli import app
+    from xrouter_lite.importers import import_routerbench
+
+    cache = tmp_path / "cache.jsonl"
+    import_routerbench([repo / "data" / "examples" / "routerbench_sample.csv"], cache, limit_per_file=20)
+    res = CliRunner().invoke(app, ["pairs", str(cache), "--pool", str(repo / "configs" / "pool_routerbench.yaml"), "--agentic",
+                                   "--agentic-models", "nope,gpt-4-1106-preview", "-o", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "nope" in res.output and not isinstance(res.exception, NameError), res.output
+
+
 # ---- the live runner ---------------------------------------------------------------------------------------------
 
 def _rule_score(prompt, actions):

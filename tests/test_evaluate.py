@@ -238,6 +238,40 @@ def test_cli_eval_baselines_only(rb_split, tmp_path):
     assert res.exit_code == 2 and "missing.jsonl" in res.output
 
 
+def test_fit_head_offered_as_the_evaluation_offers(rb_split, adapter_dir, tmp_path):
+    """`fit-head --offered` scores the validation questions offered exactly the evaluation's models, in its order;
+    the head it writes applies there (the built-in example's `fit_head: true` stage calls the same function)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from xrouter_lite.cli import app
+    from xrouter_lite.decision import load_head
+
+    train, test = rb_split
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, adapter)
+    order = list(reversed(THREE))  # not the pool's order: the prompt lists the tools as the evaluation does
+    val = tmp_path / "val.jsonl"
+    lines = test.read_text().splitlines(keepends=True)
+    keep = sorted({json.loads(x)["prompt_id"] for x in lines})[:6]
+    val.write_text("".join(x for x in lines if json.loads(x)["prompt_id"] in keep))
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(val), "--device", "cpu",
+                                   "--offered", ",".join(order), "--l2", "10"])
+    assert res.exit_code == 0, res.output
+    assert "scoring 6 validation questions" in res.output
+    head = load_head(adapter)
+    assert head.models == order and head.info["n_questions"] == 6
+    rep = evaluate(EvalConfig(test_cache=str(test), train_cache=str(train), adapter=str(adapter), device="cpu",
+                              offered_models=order, baselines=["single"], batch_size=4, plot=False, max_queries=3,
+                              out_dir=str(tmp_path / "o")), log=lambda m: None)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "decisions.jsonl").read_text().splitlines()]
+    assert rows and all(0 < v < 1 for r in rows for v in r["base_scores"].values())  # P(correct): the head decided
+    assert "router_raw_scores" in rep["curves"]["metrics"]
+    res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(val), "--offered", "nope"])
+    assert res.exit_code == 2 and "nope" in res.output
+
+
 def test_decision_head_next_to_the_adapter_decides_in_evaluation(rb_split, adapter_dir, tmp_path):
     """`fit-head` on validation decisions writes decision_head.json next to the adapter; the evaluation's LoRARouter
     then decides by P(correct) - tau x c (the same function serving uses), keeps the raw scores, and its curve is

@@ -55,6 +55,16 @@ def test_pipeline_config_names_the_file(tmp_path):
         PipelineConfig.load(bad)
 
 
+def test_fit_head_needs_validation_questions(tmp_path):
+    from xrouter_lite.pipeline import check_pipeline
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("out_dir: x\ncache: {import_routerbench: [a.csv]}\nfit_head: true\npairs: {eval_fraction: 0.2}\n",
+                   encoding="utf-8")
+    with pytest.raises(PipelineConfigError, match="fit_head: needs validation questions: set pairs.val_fraction"):
+        check_pipeline(cfg)
+
+
 @pytest.mark.parametrize("name", ["example_routerbench.yaml", "quality_routerbench.yaml"])
 def test_shipped_pipeline_configs_load(name):
     from xrouter_lite.evaluate import EvalConfig

@@ -293,7 +293,7 @@ def pairs_cmd(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .config import ConfigError
     from .pairs import NoTrainingPairsError, PairsConfig, PairsInputError, load_count_tokenizer, print_report, run_pairs
-    from .pool import load_pool
+    from .pool import PoolError, load_pool
 
     overrides = dict(
         strategy=strategy, margin=margin, max_pairs_per_prompt=max_pairs_per_prompt, k=k, lam=lam, cost_max=cost_max,
@@ -406,6 +406,7 @@ def fit_head_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     device: Optional[str] = typer.Option(None, "--device"),
     quantize: str = typer.Option("auto", "--quantize", help="auto (as the adapter was trained), 4bit or none."),
+    offered: Optional[str] = typer.Option(None, "--offered", help="Comma-separated models every validation question offers, in the evaluation's order (its offered_models); default: the whole pool."),
 ) -> None:
     """Fit the router's decision head: P(correct | question, model) from its whole score vector, on validation questions.
     Evaluation and serving then route by P(correct) - tau x cost (xrouter_lite/decision.py)."""
@@ -417,7 +418,8 @@ def fit_head_cmd(
 
     try:
         head, path = fit_head_from_cache(adapter, val_cache, decisions=decisions, pool=pool, out=out, l2=l2,
-                                         batch_size=batch_size, device=device, quantize=quantize, say=typer.echo)
+                                         batch_size=batch_size, device=device, quantize=quantize, say=typer.echo,
+                                         offered=[m.strip() for m in offered.split(",") if m.strip()] if offered else None)
     except (HeadError, PoolError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -750,6 +752,7 @@ def run_cmd(
     nothing usable, 2 bad config or input, 75 stopped early by the cache budget, 130 interrupted."""
     from .config import ConfigError
     from .importers import RouterBenchImportError
+    from .decision import HeadError
     from .pairs import NoTrainingPairsError
     from .pipeline import PipelineStopped, run_pipeline
     from .records import CacheFormatError
@@ -760,7 +763,7 @@ def run_cmd(
     except (ConfigError, RouterBenchImportError, CacheFormatError, TrainDataError, ModelTooLargeError,
             FileNotFoundError) as e:
         raise _fail(e) from None
-    except NoTrainingPairsError as e:
+    except (NoTrainingPairsError, HeadError) as e:
         raise _fail(e, EXIT_FAILED) from None
     except PipelineStopped as e:
         typer.echo(f"stopped early: {e}", err=True)

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .prompting import DEFAULT_MAX_PROMPT_TOKENS
+
 HEAD_FILE = "decision_head.json"
 FEATURES = "logsoftmax"
 DEFAULT_L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
@@ -354,15 +356,25 @@ def fit_head_from_cache(
     batch_size: int = 8,
     device: str | None = None,
     quantize: str = "auto",
+    offered: Sequence[str] | None = None,
+    max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS,
     say=print,
 ) -> tuple[DecisionHead, Path]:
     """Score the validation questions with the router (or read its scores from ``decisions``), fit the head on
-    their recorded outcomes, save it next to the adapter (or in ``out``)."""
+    their recorded outcomes, save it next to the adapter (or in ``out``). ``offered``: the models every validation
+    question offers, in this order (default: the pool's models each question has, in the pool's order); give the
+    evaluation's ``offered_models`` so that the validation prompts are the ones it scores and the head applies;
+    ``max_prompt_tokens`` as the evaluation's."""
     from .evaluate import load_prompts
     from .pool import load_pool
 
     the_pool = load_pool(pool)
-    prompts, _stats = load_prompts(val_cache, the_pool.ids, require_complete=True)
+    if offered:
+        unknown = [m for m in offered if m not in the_pool]
+        if unknown:
+            raise HeadError(f"{pool}: offered model(s) {unknown} not in the pool")
+    ids = list(offered) if offered else list(the_pool.ids)
+    prompts, _stats = load_prompts(val_cache, ids, require_complete=True)
     if not prompts:
         raise HeadError(f"{val_cache}: no validation question with a graded answer of every pool model")
     if decisions is not None:
@@ -370,25 +382,26 @@ def fit_head_from_cache(
         missing = [p.prompt_id for p in prompts if p.prompt_id not in table]
         if missing:
             raise HeadError(f"{decisions}: no scores for {len(missing)} validation question(s), e.g. {missing[:3]}")
-        scores = [table[p.prompt_id] for p in prompts]
+        scores = [{m: table[p.prompt_id][m] for m in ids if m in table[p.prompt_id]} for p in prompts]
         source = str(decisions)
     else:
         from .router import LoRARouter, RouteItem
 
         say(f"scoring {len(prompts)} validation questions with {adapter} (no head)")
-        r = LoRARouter(None, adapter, mode="score", device=device, quantize=quantize, batch_size=batch_size, use_head=False)
+        r = LoRARouter(None, adapter, mode="score", device=device, quantize=quantize, batch_size=batch_size, use_head=False,
+                       max_prompt_tokens=max_prompt_tokens)
         scores = []
         for s in range(0, len(prompts), 64):
             chunk = prompts[s : s + 64]
-            offered = [the_pool.subset([m for m in the_pool.ids if m in p.outcomes]) for p in chunk]
-            ds = r.route_items([RouteItem(p.prompt, p.prompt_id, p.dataset) for p in chunk], offered, 0.0)
+            sets = [the_pool.subset([m for m in ids if m in p.outcomes]) for p in chunk]
+            ds = r.route_items([RouteItem(p.prompt, p.prompt_id, p.dataset) for p in chunk], sets, 0.0)
             for p, d in zip(chunk, ds):
                 if not d.valid:
                     raise HeadError(f"validation question {p.prompt_id}: the router gave no scores ({d.invalid_reason})")
                 scores.append(d.router_scores or d.base_scores)
             say(f"  {min(s + 64, len(prompts))}/{len(prompts)}")
         source = "scored by fit-head"
-    correct = [{m: o.correct for m, o in p.outcomes.items()} for p in prompts]
+    correct = [{m: o.correct for m, o in p.outcomes.items() if m in ids} for p in prompts]
     head = fit_head(scores, correct, l2=l2, info={"val_cache": str(val_cache), "scores_from": source, "adapter": str(adapter)})
     path = head.save(out or adapter)
     return head, path

@@ -536,7 +536,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
             log(f"[{label}] base weights {'4-bit NF4' if four_bit else 'unquantised'} on {r.device} (quantize={cfg.quantize})")
         f = dec_path.open("a", encoding="utf-8") if label == "router" else None
 
-        def write_chunk(start: int, ds: list[Decision], f=f, label=label) -> None:
+        def write_chunk(start: int, ds: list[Decision], f=f, label=label, r=r) -> None:
             if f is None:
                 return
             for p, off, d in zip(test[start : start + len(ds)], offered[start : start + len(ds)], ds):

@@ -6,7 +6,8 @@ same function its own command calls; this module only wires their inputs and out
 
     out_dir/offline_cache.jsonl      stage 1 (imported or generated)
     out_dir/dpo_train_data.json      stage 2 (+ dpo_eval_data.json, test_cache.jsonl, pairs_report.json)
-    out_dir/router/                  stage 3 (LoRA adapter, tokenizer, run_card.json, checkpoints, TensorBoard)
+    out_dir/router/                  stage 3 (LoRA adapter, tokenizer, run_card.json, checkpoints, TensorBoard;
+                                              decision_head.json with ``fit_head: true``)
     out_dir/eval/                    stage 4 (report.json, report.md, curve.png, decisions.jsonl)
 
 Config YAML (every section holds the fields of that stage's own config; paths between stages are filled in)::
@@ -17,6 +18,8 @@ Config YAML (every section holds the fields of that stage's own config; paths be
     pairs: {PairsConfig fields}
     pairs_tokenizer: smollm2                 # counts and caps router prompt tokens (qwen2.5, smollm2, a path, none)
     train: {TrainConfig fields}              # on CUDA, `train_cuda` replaces it when given
+    fit_head: false                          # true: after training, fit the decision head on pairs.val_fraction's
+                                             # questions (`xrouter-lite fit-head`, offered as eval.offered_models)
     eval: {EvalConfig fields}
     smoke: {limit_per_file: 40, max_steps: 2, max_queries: 12, taus: [0, 1, 100]}   # used with --smoke
 
@@ -73,6 +76,7 @@ class PipelineConfig(BaseModel):
     pairs_tokenizer: str = "smollm2"
     train: dict[str, Any] = Field(default_factory=dict)
     train_cuda: dict[str, Any] | None = None
+    fit_head: bool = False
     eval: dict[str, Any] = Field(default_factory=dict)
     smoke: SmokeSettings = Field(default_factory=SmokeSettings)
 
@@ -177,6 +181,8 @@ def check_pipeline(config_path: str | Path, *, smoke: bool = False, cuda: bool |
     for i, m in enumerate(pcfg.offered_models or []):
         if m not in pool:
             raise PipelineConfigError(where, f"model {m!r} is not in the pool {cfg.pool}", key=f"pairs.offered_models.{i}")
+    if cfg.fit_head and not pcfg.val_fraction > 0:
+        raise PipelineConfigError(where, "needs validation questions: set pairs.val_fraction (e.g. 0.3)", key="fit_head")
     if ecfg.default_model is not None and ecfg.default_model not in pool:
         raise PipelineConfigError(where, f"model {ecfg.default_model!r} is not in the pool {cfg.pool}", key="eval.default_model")
     return PipelinePlan(cfg, out, imp, gen, pcfg, tcfg, ecfg)
@@ -208,6 +214,26 @@ def prepare_train_dir(router_dir: Path, *, force: bool, say=print) -> str:
         return "reuse"
     # the trainer's own test: it refuses a folder with a checkpoint unless asked to resume from it
     return "resume" if latest_checkpoint(router_dir) is not None else "fresh"
+
+
+def fit_stage_head(plan: PipelinePlan, *, reuse: bool, say=print) -> None:
+    """``xrouter-lite fit-head`` on the pairs stage's validation questions, offered exactly as the evaluation offers
+    (its ``offered_models``, order, prompt cap, device and quantisation): the head is written next to the adapter,
+    where evaluation and serving read it. A reused adapter keeps its head."""
+    from .decision import HEAD_FILE, fit_head_from_cache
+    from .pairs import VAL_CACHE_FILE
+
+    adapter, ecfg = Path(plan.train.output_dir), plan.eval
+    if reuse and (adapter / HEAD_FILE).exists():
+        say(f"[3/4] head: reusing {adapter / HEAD_FILE} (--force refits)")
+        return
+    val = plan.out / VAL_CACHE_FILE
+    say(f"[3/4] head: fitting the decision head on {val}")
+    head, path = fit_head_from_cache(adapter, val, pool=plan.config.pool, offered=ecfg.offered_models,
+                                     batch_size=ecfg.batch_size, device=ecfg.device, quantize=ecfg.quantize,
+                                     max_prompt_tokens=ecfg.max_prompt_tokens, say=say)  # HeadError names the file
+    say(f"decision head: {len(head.models)} models, {head.info['n_questions']} validation questions, l2 {head.l2:g}; "
+        f"wrote {path}")
 
 
 def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = False, say=print) -> dict[str, Any]:
@@ -291,6 +317,12 @@ def run_pipeline(config_path: str | Path, *, smoke: bool = False, force: bool = 
         if result.interrupted:
             raise KeyboardInterrupt
     timings["train_s"] = time.time() - t
+
+    # ---- stage 3b: the decision head (fit-head) on the validation questions ----
+    if cfg.fit_head:
+        t = time.time()
+        fit_stage_head(plan, reuse=action == "reuse", say=say)
+        timings["head_s"] = time.time() - t
 
     # ---- stage 4: evaluation ----
     t = time.time()
