@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--taus", type=float, nargs="*", help="default: the taus of report.json beside the decisions")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", nargs=3, action="append", metavar=("SEED", "TEST_DECISIONS", "VAL_DECISIONS"),
+    ap.add_argument("--split", nargs=3, action="append", metavar=("SEED", "TEST_DECISIONS", "VAL_DECISIONS"),  # VAL "-": the run's own head
                     help="comparison mode: one seeded split's held-out and validation decisions (repeat per split)")
     ap.add_argument("--cache", type=Path, help="comparison mode: the whole imported cache the splits were made from")
     ap.add_argument("--eval-fraction", type=float, default=0.2)
@@ -262,10 +262,11 @@ def compare(args) -> dict:
     for seed, test_dec, val_dec in args.split:
         seed = int(seed)
         test_ids, val_ids, fit_ids = _split_ids(prompts, seed, args.eval_fraction, args.val_fraction)
-        test_s, val_s = read_scores(test_dec), read_scores(val_dec)
+        test_s = read_scores(test_dec)
+        val_s = None if val_dec == "-" else read_scores(val_dec)  # "-": the head that decided (base_scores) is read
         if set(test_s) != test_ids:
             raise SystemExit(f"{test_dec}: its questions are not split {seed}'s held-out questions")
-        if set(val_s) != val_ids:
+        if val_s is not None and set(val_s) != val_ids:
             raise SystemExit(f"{val_dec}: its questions are not split {seed}'s validation questions")
         tq = sorted(test_ids)
         side = [by[i] for i in fit_ids | val_ids]  # the training side: costs and the per-task rule
@@ -280,8 +281,14 @@ def compare(args) -> dict:
         util["router (raw scores)"] = [test_s[i] for i in tq]
         vq = sorted(val_ids)
         vcorrect = [{m: outcome[i][m][0] for m in models} for i in vq]
-        head = fit_head([val_s[i] for i in vq], vcorrect)
-        util["router + decision head"] = [head.p_correct(test_s[i]) for i in tq]
+        if val_s is None:
+            with _open(Path(test_dec)) as f:
+                p_head = {d["prompt_id"]: d["base_scores"] for d in map(json.loads, f) if d.get("valid", True)}
+            util["router + decision head"] = [p_head[i] for i in tq]
+            head = None
+        else:
+            head = fit_head([val_s[i] for i in vq], vcorrect)
+            util["router + decision head"] = [head.p_correct(test_s[i]) for i in tq]
         acc: dict[str, dict[str, list[int]]] = {}
         for p in side:
             a = acc.setdefault(p.dataset, {m: [0, 0] for m in models})
@@ -291,6 +298,7 @@ def compare(args) -> dict:
         util["best single per dataset (task label)"] = [{m: acc[by[i].dataset][m][0] / acc[by[i].dataset][m][1] for m in models} for i in tq]
         if emb is not None:
             util["kNN (MiniLM, k=10)"] = _knn(emb, fit_ids | val_ids, tq, outcome, models, args.knn_k)
+        if emb is not None and val_s is not None:
             # ensemble: the head over the router's log-softmax scores AND kNN's P(correct) (kNN on the fit part only)
             kv = _knn(emb, fit_ids, vq, outcome, models, args.knn_k)
             kt = _knn(emb, fit_ids, tq, outcome, models, args.knn_k)
@@ -338,9 +346,9 @@ def compare(args) -> dict:
                 "ci95": [b[int(0.025 * len(b))], b[int(0.975 * len(b)) - 1]] if b else None,
             }
         results[seed] = {"n_test": len(tq), "n_val": len(vq), "n_fit": len(fit_ids), "strong": strong,
-                         "strong_point": singles[strong], "head_l2": head.l2, "curves": full, "diffs": diffs}
+                         "strong_point": singles[strong], "head_l2": head.l2 if head else None, "curves": full, "diffs": diffs}
         print(f"\n== split {seed}: {len(tq)} held-out, {len(vq)} validation, {len(fit_ids)} training questions; "
-              f"strong = {strong} {100 * singles[strong][1]:.1f}% at ${singles[strong][0]:.3f}; head l2 {head.l2:g}")
+              f"strong = {strong} {100 * singles[strong][1]:.1f}% at ${singles[strong][0]:.3f}; head l2 " + (f"{head.l2:g}" if head else "(the run's own)"))
         print(f"{'curve':40s} {'AIQ':>6s} {'pts':>5s} {'<=1pt of strong at':>19s} {'85% at':>8s} fifths")
         for k, m in full.items():
             if "n_points" not in m:

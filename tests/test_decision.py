@@ -107,6 +107,19 @@ def test_head_reads_the_whole_score_vector_and_beats_the_raw_rule(tmp_path):
     assert load_head(tmp_path / "nowhere") is None
 
 
+def test_the_head_is_checked_against_the_raw_rule_on_validation():
+    """With the questions' costs, fit_head measures (cross-fitted) whether its rule beats the raw rule there: it does
+    where the kind shows only in the score vector's pattern, it does not where the raw scores already rank perfectly."""
+    scores, correct, outcomes = _synthetic(200, seed=3)
+    costs = [{m: COSTS[m] for m in MODELS}] * len(scores)
+    head = fit_head(scores, correct, costs=costs)
+    assert head.info["cv_aiq"]["head"] > head.info["cv_aiq"]["raw"] and head.beats_raw is True
+    perfect = [{m: (10.0 if c[m] else -10.0) - 5 * COSTS[m] for m in MODELS} for c in correct]
+    head = fit_head(perfect, correct, costs=costs)
+    assert head.info["cv_aiq"]["raw"] >= head.info["cv_aiq"]["head"] - 1e-4 and head.beats_raw is False
+    assert fit_head(scores, correct).beats_raw is None  # not measured without costs
+
+
 def test_bad_head_files_name_the_file(tmp_path):
     (tmp_path / HEAD_FILE).write_text("{not json")
     with pytest.raises(HeadError, match=HEAD_FILE):

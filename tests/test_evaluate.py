@@ -259,7 +259,7 @@ def test_fit_head_offered_as_the_evaluation_offers(rb_split, adapter_dir, tmp_pa
     res = CliRunner().invoke(app, ["fit-head", "--adapter", str(adapter), "--val-cache", str(val), "--device", "cpu",
                                    "--offered", ",".join(order), "--l2", "10"])
     assert res.exit_code == 0, res.output
-    assert "scoring 6 validation questions" in res.output
+    assert "scoring 6 validation questions" in res.output and "validation AIQ (cross-fitted)" in res.output
     head = load_head(adapter)
     assert head.models == order and head.info["n_questions"] == 6
     rep = evaluate(EvalConfig(test_cache=str(test), train_cache=str(train), adapter=str(adapter), device="cpu",

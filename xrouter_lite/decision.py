@@ -75,6 +75,13 @@ class DecisionHead:
         if len(self.coef) != n or any(len(r) != n for r in self.coef) or len(self.intercept) != n:
             raise HeadError(f"decision head: coef must be {n} x {n} and intercept {n} long for {n} models")
 
+    @property
+    def beats_raw(self) -> bool | None:
+        """Whether the head's rule (cross-fitted) had a higher AIQ than the raw rule on its validation questions (by
+        more than 1e-4); None when not measured (``fit_head`` without costs)."""
+        cv = self.info.get("cv_aiq")
+        return None if not cv else cv["head"] > cv["raw"] + 1e-4  # a tie (to rounding) keeps the raw rule
+
     def applies(self, offered: Sequence[str]) -> bool:
         return sorted(offered) == sorted(self.models)
 
@@ -185,10 +192,13 @@ def fit_head(
     folds: int = 5,
     seed: int = 0,
     info: dict[str, Any] | None = None,
+    costs: Sequence[Mapping[str, float]] | None = None,
 ) -> DecisionHead:
     """Fit the head on validation questions: ``scores[i]`` the router's score of every model on question i,
     ``correct[i]`` whether each model answered it correctly. ``l2`` None: chosen from ``l2_grid`` by ``folds``-fold
-    cross-validated log-loss on these same validation questions (nothing else is looked at)."""
+    cross-validated log-loss on these same validation questions (nothing else is looked at). With ``costs`` (each
+    question's recorded cost per model), ``info["cv_aiq"]`` compares on these questions the head's rule, cross-fitted,
+    with the raw rule (``DecisionHead.beats_raw``)."""
     import numpy as np
 
     if len(scores) != len(correct):
@@ -228,7 +238,38 @@ def fit_head(
         icpt.append(float(w[0]))
         coef.append([float(v) for v in w[1:]])
     meta = {"n_questions": n, "cv_logloss_by_l2": cv, "folds": folds, "seed": seed, **(info or {})}
+    if costs is not None:
+        meta["cv_aiq"] = _cv_aiq(X, Y, scores, costs, models, float(l2), folds, seed)
     return DecisionHead(models=models, coef=coef, intercept=icpt, l2=float(l2), info=meta)
+
+
+def _cv_aiq(X, Y, scores, costs, models, l2: float, folds: int, seed: int) -> dict[str, float]:
+    """AIQ on the validation questions of the head's rule with cross-fitted P(correct) (each question's P from a head
+    fitted on the other folds, at ``l2``) and of the raw rule on the same scores; tau's cost vector is each model's
+    mean recorded cost on these questions over the dearest's (as the router's), the curves exact."""
+    import numpy as np
+
+    from . import metrics
+
+    n = len(X)
+    P = np.zeros_like(Y)
+    parts = np.array_split(np.random.default_rng(seed + 1).permutation(n), folds)
+    for k in range(folds):
+        te = parts[k]
+        tr = np.concatenate([parts[j] for j in range(folds) if j != k])
+        for j in range(len(models)):
+            w = _fit_logistic(X[tr], Y[tr, j], l2)
+            P[te, j] = 1 / (1 + np.exp(-(w[0] + X[te] @ w[1:])))
+    mean = {m: sum(float(c[m]) for c in costs) / n for m in models}
+    top = max(mean.values()) or 1.0
+    cvec = [{m: mean[m] / top for m in models}] * n
+    outcomes = [{m: (bool(Y[i, j]), float(costs[i][m])) for j, m in enumerate(models)} for i in range(n)]
+    totals = [sum(float(c[m]) for c in costs) for m in models]
+    xy = lambda pts: [(p["total_cost"], p["accuracy"]) for p in pts]  # noqa: E731
+    head = exact_curve([dict(zip(models, P[i].tolist())) for i in range(n)], cvec, outcomes)
+    raw = exact_curve([{m: float(s[m]) for m in models} for s in scores], cvec, outcomes)
+    lo, hi = min(totals), max(totals)
+    return {"head": round(metrics.aiq(xy(head), lo, hi), 6), "raw": round(metrics.aiq(xy(raw), lo, hi), 6)}
 
 
 # ---- exact curves ---------------------------------------------------------------------------------------------------
@@ -364,7 +405,9 @@ def fit_head_from_cache(
     their recorded outcomes, save it next to the adapter (or in ``out``). ``offered``: the models every validation
     question offers, in this order (default: the pool's models each question has, in the pool's order); give the
     evaluation's ``offered_models`` so that the validation prompts are the ones it scores and the head applies;
-    ``max_prompt_tokens`` as the evaluation's."""
+    ``max_prompt_tokens`` as the evaluation's. The head's rule is compared with the raw rule on these questions
+    (cross-fitted, ``info["cv_aiq"]``, printed): a diagnostic, not a switch (on the built-in example's 72 validation
+    questions it pointed the wrong way on three seeds of three; docs/BENCHMARKS.md)."""
     from .evaluate import load_prompts
     from .pool import load_pool
 
@@ -402,6 +445,9 @@ def fit_head_from_cache(
             say(f"  {min(s + 64, len(prompts))}/{len(prompts)}")
         source = "scored by fit-head"
     correct = [{m: o.correct for m, o in p.outcomes.items() if m in ids} for p in prompts]
-    head = fit_head(scores, correct, l2=l2, info={"val_cache": str(val_cache), "scores_from": source, "adapter": str(adapter)})
-    path = head.save(out or adapter)
-    return head, path
+    costs = [{m: o.cost for m, o in p.outcomes.items() if m in ids} for p in prompts]
+    head = fit_head(scores, correct, l2=l2, costs=costs,
+                    info={"val_cache": str(val_cache), "scores_from": source, "adapter": str(adapter)})
+    cv = head.info["cv_aiq"]
+    say(f"validation AIQ (cross-fitted): head {cv['head']:.4f}, raw rule {cv['raw']:.4f}")
+    return head, head.save(out or adapter)
