@@ -75,13 +75,6 @@ class DecisionHead:
         if len(self.coef) != n or any(len(r) != n for r in self.coef) or len(self.intercept) != n:
             raise HeadError(f"decision head: coef must be {n} x {n} and intercept {n} long for {n} models")
 
-    @property
-    def beats_raw(self) -> bool | None:
-        """Whether the head's rule (cross-fitted) had a higher AIQ than the raw rule on its validation questions (by
-        more than 1e-4); None when not measured (``fit_head`` without costs)."""
-        cv = self.info.get("cv_aiq")
-        return None if not cv else cv["head"] > cv["raw"] + 1e-4  # a tie (to rounding) keeps the raw rule
-
     def applies(self, offered: Sequence[str]) -> bool:
         return sorted(offered) == sorted(self.models)
 
@@ -198,7 +191,7 @@ def fit_head(
     ``correct[i]`` whether each model answered it correctly. ``l2`` None: chosen from ``l2_grid`` by ``folds``-fold
     cross-validated log-loss on these same validation questions (nothing else is looked at). With ``costs`` (each
     question's recorded cost per model), ``info["cv_aiq"]`` compares on these questions the head's rule, cross-fitted,
-    with the raw rule (``DecisionHead.beats_raw``)."""
+    with the raw rule (a diagnostic that ``fit-head`` prints)."""
     import numpy as np
 
     if len(scores) != len(correct):
@@ -219,15 +212,8 @@ def fit_head(
         parts = np.array_split(order, folds)
         best = None
         for lam in l2_grid:
-            loss = 0.0
-            for k in range(folds):
-                te = parts[k]
-                tr = np.concatenate([parts[j] for j in range(folds) if j != k])
-                for j in range(len(models)):
-                    w = _fit_logistic(X[tr], Y[tr, j], lam)
-                    p = 1 / (1 + np.exp(-(w[0] + X[te] @ w[1:])))
-                    p = np.clip(p, 1e-6, 1 - 1e-6)
-                    loss -= float(np.sum(Y[te, j] * np.log(p) + (1 - Y[te, j]) * np.log(1 - p)))
+            p = np.clip(_out_of_fold(X, Y, lam, parts), 1e-6, 1 - 1e-6)
+            loss = -float(np.sum(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
             cv[str(lam)] = loss / (n * len(models))
             if best is None or cv[str(lam)] < cv[str(best)]:
                 best = lam
@@ -243,6 +229,19 @@ def fit_head(
     return DecisionHead(models=models, coef=coef, intercept=icpt, l2=float(l2), info=meta)
 
 
+def _out_of_fold(X, Y, lam: float, parts):
+    """P(correct) of every question and model from per-model heads (L2 ``lam``) fitted on the other folds."""
+    import numpy as np
+
+    P = np.zeros_like(Y)
+    for k, te in enumerate(parts):
+        tr = np.concatenate([q for i, q in enumerate(parts) if i != k])
+        for j in range(Y.shape[1]):
+            w = _fit_logistic(X[tr], Y[tr, j], lam)
+            P[te, j] = 1 / (1 + np.exp(-(w[0] + X[te] @ w[1:])))
+    return P
+
+
 def _cv_aiq(X, Y, scores, costs, models, l2: float, folds: int, seed: int) -> dict[str, float]:
     """AIQ on the validation questions of the head's rule with cross-fitted P(correct) (each question's P from a head
     fitted on the other folds, at ``l2``) and of the raw rule on the same scores; tau's cost vector is each model's
@@ -252,14 +251,7 @@ def _cv_aiq(X, Y, scores, costs, models, l2: float, folds: int, seed: int) -> di
     from . import metrics
 
     n = len(X)
-    P = np.zeros_like(Y)
-    parts = np.array_split(np.random.default_rng(seed + 1).permutation(n), folds)
-    for k in range(folds):
-        te = parts[k]
-        tr = np.concatenate([parts[j] for j in range(folds) if j != k])
-        for j in range(len(models)):
-            w = _fit_logistic(X[tr], Y[tr, j], l2)
-            P[te, j] = 1 / (1 + np.exp(-(w[0] + X[te] @ w[1:])))
+    P = _out_of_fold(X, Y, l2, np.array_split(np.random.default_rng(seed + 1).permutation(n), folds))
     mean = {m: sum(float(c[m]) for c in costs) / n for m in models}
     top = max(mean.values()) or 1.0
     cvec = [{m: mean[m] / top for m in models}] * n
