@@ -258,17 +258,18 @@ def main() -> None:
             L0 = traverse(tr, ("q", 0.08), s)
             target = (Cq[tr] * L0).sum() / Cq[tr].sum()
             for es in range(s, s + 10 * n_draws, 10):
-                if a.what == "prune":  # the pruned design's exploration at this draw's cost of the 8% design
+                if a.what == "prune":  # per rule, the largest exploration within this draw's cost of the 8% design
                     t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
-                    grid = {rule: [x for x in np.arange(0.08, 0.2, 0.0025)
-                                   if (Cq[tr] * traverse_pruned(tr, x, es, rule)[0]).sum() / Cq[tr].sum() <= t_es]
-                            for rule in ("dominated", "paying")}
+                    chosen = {}
+                    for rule in ("dominated", "paying"):
+                        fits = [(x, traverse_pruned(tr, x, es, rule)) for x in np.arange(0.08, 0.2, 0.0025)]
+                        fits = [(x, t) for x, t in fits if (Cq[tr] * t[0]).sum() / Cq[tr].sum() <= t_es]
+                        chosen[rule] = fits[-1] if fits else (0.08, traverse_pruned(tr, 0.08, es, rule))
                 for k, spec in arms.items():
                     if a.what == "prune" and k != "C1":
                         spec = dict(spec)
                         rule = spec.pop("rule", "dominated")
-                        e = max(grid[rule] or [0.08])
-                        L, called = traverse_pruned(tr, e, es, rule)
+                        e, (L, called) = chosen[rule]
                         kw = dict(spec, called=called)
                         print(f"  {rule}: explore {e:.4f}, not called {[models[j] for j in np.where(~called)[0]]}")
                     elif a.what == "designs":
