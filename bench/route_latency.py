@@ -299,7 +299,7 @@ def prefix_bench(args) -> dict:
     import transformers
 
     from xrouter_lite.pool import load_pool
-    from xrouter_lite.prompting import build_router_prompt, encode_action
+    from xrouter_lite.prompting import build_router_prompt, distinct_action_prefixes, encode_action
     from xrouter_lite.qwen import qwen_tokenizer
     from xrouter_lite.router import LoRARouter
 
@@ -326,13 +326,21 @@ def prefix_bench(args) -> dict:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        plain = conf.endswith("-plain")  # without the fused kernels (fused.py), the serving default on CUDA now
-        base = conf[: -len("-plain")] if plain else conf
+        base = conf
+        rows = base.endswith("-rows")  # batches as left-padded rows (the eager path), not one packed flex sequence
+        base = base[: -len("-rows")] if rows else base
+        distinct = base.endswith("-distinct")  # score_tokens "distinct": each action up to its distinguishing token
+        base = base[: -len("-distinct")] if distinct else base
+        plain = base.endswith("-plain")  # without the fused kernels (fused.py), the serving default on CUDA now
+        base = base[: -len("-plain")] if plain else base
         graphs = base.endswith("graphs")
         before = base.endswith("today")
         kw = dict(prefix_cache_mb=0, merge_adapter=False, cuda_graphs=False, fuse_kernels=False) if before else dict(
             cuda_graphs=graphs, merge_adapter=not quant, fuse_kernels=not plain)
-        r = LoRARouter(model=model, tokenizer=tok, mode="score", max_prompt_tokens=None, batch_size=max(batches), **kw)
+        r = LoRARouter(model=model, tokenizer=tok, mode="score", max_prompt_tokens=None, batch_size=max(batches),
+                       score_tokens="distinct" if distinct else "full", **kw)
+        if rows and r.prefix_scorer:
+            r.prefix_scorer.flex = False
         weights_gib = torch.cuda.memory_allocated() / 2**30 if cuda else None
         for n in ns:
             off = pools[n]
@@ -360,6 +368,9 @@ def prefix_bench(args) -> dict:
                 one_tok = [[[tok.eos_token_id]]]  # a single 1-token candidate: the forward over the question alone
                 row["floor_b1"] = timer(lambda: sc.score([p], [pid], one_tok), repeats, 5, sync)
                 acts = [[encode_action(tok, m.id) for m in off]]
+                if distinct:
+                    acts = [distinct_action_prefixes(acts[0])]
+                row["candidate_tokens"] = sum(len(a) for a in acts[0])
                 row["score_b1_no_tokenise"] = timer(lambda: sc.score([p], [pid], acts), repeats, 5, sync)
                 row["graph_failures"] = sc.graph_failures
                 row["prefix_cache"] = sc.cache.stats()
@@ -374,13 +385,36 @@ def prefix_bench(args) -> dict:
                 try:
                     t = timer(lambda: r.route_batch(bq, [off] * b), max(3, repeats // 10), 1, sync)
                     t["decisions_per_s"] = b / (t["median_ms"] / 1000)
-                    if cuda:
+                    if r.prefix_scorer:  # the batched floor: the questions' forward alone (one 1-token candidate each)
+                        sc = r.prefix_scorer
+                        ps = [build_router_prompt(q, off) for q in bq]
+                        pids = [sc.finder.encode(p) for p in ps]
+                        fl = timer(lambda: sc.score(ps, pids, [[[tok.eos_token_id]]] * b), max(3, repeats // 10), 1, sync)
+                        t["floor_per_s"] = b / (fl["median_ms"] / 1000)
+                        if cuda:  # before the comparison below (its padded rows take more memory)
+                            t["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                        if sc.flex:  # the packed sequence against the rows on this batch: same scores, same choices
+                            acts_b = [[encode_action(tok, mm.id) for mm in off]] * b
+                            if distinct:
+                                acts_b = [distinct_action_prefixes(acts_b[0])] * b
+                            fx = sc.score(ps, pids, acts_b)
+                            sc.flex = False
+                            rw = sc.score(ps, pids, acts_b)
+                            sc.flex = True
+                            t["flex_vs_rows_max_abs"] = max(abs(x - y) for u, v in zip(fx, rw) for x, y in zip(u, v))
+                            t["flex_vs_rows_same_argmax"] = sum(
+                                max(range(len(u)), key=u.__getitem__) == max(range(len(v)), key=v.__getitem__)
+                                for u, v in zip(fx, rw)) / b
+                            t["flex_failures"] = sc.flex_failures
+                    if cuda and "peak_alloc_gib" not in t:
                         t["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 except torch.OutOfMemoryError:
                     t = {"status": "OOM"}
                 row["batched"][b] = t
             print(json.dumps(row), flush=True)
             out["configs"].append(row)
+            if args.json:  # written after every row: a run stopped by a time limit keeps what it measured
+                Path(args.json).write_text(json.dumps(out, indent=2))
         del r, model
         if cuda:
             torch.cuda.empty_cache()
@@ -388,7 +422,8 @@ def prefix_bench(args) -> dict:
     print(f"{'config':<16} {'N':>3} {'prompt':>6} {'q part':>6} | {'route p50 ms':>12} | {'floor ms':>8} | batched decisions/s")
     for row in out["configs"]:
         fl = row.get("floor_b1", {}).get("median_ms")
-        bt = "; ".join(f"B={b}: {v.get('decisions_per_s', 0):.0f}" for b, v in row["batched"].items())
+        bt = "; ".join(f"B={b}: {v.get('decisions_per_s', 0):.0f} (floor {v.get('floor_per_s', 0):.0f})"
+                       for b, v in row["batched"].items())
         print(f"{row['config']:<16} {row['candidates']:>3} {row.get('prompt_tokens', '-'):>6} {row.get('question_part_tokens', '-'):>6} | "
               f"{row['route_b1']['median_ms']:12.2f} | {fl if fl is None else round(fl, 2)!s:>8} | {bt}")
     path = args.json or (str(Path(os.environ["OUT"]) / "route_latency_prefix.json") if os.environ.get("OUT") else None)
@@ -411,8 +446,9 @@ if __name__ == "__main__":
         ap.add_argument("--lora-r", type=int, default=16)
         ap.add_argument("--seed", type=int, default=0)
         ap.add_argument("--prefix-configs", default="bf16-merged-graphs,bf16-merged-eager,nf4-graphs,nf4-eager,nf4-today,bf16-today",
-                        help="comma-separated: {bf16-merged,nf4}-{graphs,eager}[-plain] (-plain: without the fused "
-                             "kernels), {bf16,nf4}-today (whole prompt, no reuse)")
+                        help="comma-separated: {bf16-merged,nf4}-{graphs,eager}[-plain][-distinct][-rows] (-plain: without the "
+                             "fused kernels; -distinct: score_tokens 'distinct'; -rows: batches as padded rows, not one "
+                             "packed FlexAttention sequence), {bf16,nf4}-today (whole prompt, no reuse)")
         ap.add_argument("--json", default=None)
         prefix_bench(ap.parse_args())
     else:

@@ -114,18 +114,24 @@ def one(a, tag: str, seed: int, lam: float) -> None:
     common = dict(adapter=str(d / "router"), train_cache=str(d / "trainside_cache.jsonl"), pool=POOL, batch_size=8,
                   max_queries=3 if a.smoke else None)
     say = lambda m: print(f"  {tag}: {m}", flush=True)  # noqa: E731
-    evaluate(EvalConfig(test_cache=str(d / "test_cache.jsonl"), out_dir=str(d / "eval_test"), use_head=False,
-                        baselines=["single", "random", "oracle", "best_single"], **common), log=say)
-    log(f"{tag}: held-out evaluation done")
-    evaluate(EvalConfig(test_cache=str(d / "val_cache.jsonl"), out_dir=str(d / "eval_val"), use_head=False,
-                        baselines=["single"], plot=False, **{**common, "max_queries": None if not a.smoke else 6}), log=say)
-    log(f"{tag}: validation evaluation done")
-    head, path = fit_head_from_cache(d / "router", d / "val_cache.jsonl", decisions=d / "eval_val" / "decisions.jsonl",
-                                     pool=POOL, say=say)
-    log(f"{tag}: decision head l2 {head.l2:g} on {head.info['n_questions']} validation questions -> {path}")
-    evaluate(EvalConfig(test_cache=str(d / "test_cache.jsonl"), out_dir=str(d / "eval_test_head"),
-                        baselines=["single", "best_single"], **common), log=say)
-    log(f"{tag}: held-out evaluation with the head done")
+    rules = a.score_tokens.split(",") if a.score_tokens else [None]
+    for rule in rules:  # None: the adapter's own score_tokens; several: one set of evaluations + head per rule
+        sfx = f"_{rule}" if len(rules) > 1 else ""
+        evaluate(EvalConfig(test_cache=str(d / "test_cache.jsonl"), out_dir=str(d / f"eval_test{sfx}"), use_head=False,
+                            score_tokens=rule, baselines=["single", "random", "oracle", "best_single"], **common), log=say)
+        log(f"{tag}{sfx}: held-out evaluation done")
+        evaluate(EvalConfig(test_cache=str(d / "val_cache.jsonl"), out_dir=str(d / f"eval_val{sfx}"), use_head=False,
+                            score_tokens=rule, baselines=["single"], plot=False,
+                            **{**common, "max_queries": None if not a.smoke else 6}), log=say)
+        log(f"{tag}{sfx}: validation evaluation done")
+        head, path = fit_head_from_cache(d / "router", d / "val_cache.jsonl", decisions=d / f"eval_val{sfx}" / "decisions.jsonl",
+                                         pool=POOL, score_tokens=rule, say=say)
+        if sfx:
+            (d / f"decision_head{sfx}.json").write_text(path.read_text())
+        log(f"{tag}{sfx}: decision head l2 {head.l2:g} on {head.info['n_questions']} validation questions -> {path}")
+        evaluate(EvalConfig(test_cache=str(d / "test_cache.jsonl"), out_dir=str(d / f"eval_test_head{sfx}"),
+                            score_tokens=rule, baselines=["single", "best_single"], **common), log=say)
+        log(f"{tag}{sfx}: held-out evaluation with the head done")
 
 
 def main() -> None:
@@ -141,6 +147,8 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true", help="stop after training (a later call: --resume)")
     ap.add_argument("--resume", action="store_true",
                     help="go on with the runs of an earlier call in OUT_DIR (its pairs; training from its checkpoint)")
+    ap.add_argument("--score-tokens", help="evaluate (and fit the head) once per rule, e.g. full,distinct "
+                    "(outputs eval_test_RULE/, eval_val_RULE/, eval_test_head_RULE/, decision_head_RULE.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--train-json", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -168,6 +176,7 @@ def main() -> None:
         cmd += ["--set", *a.set] if a.set else []
         cmd += ["--train-only"] if a.train_only else []
         cmd += ["--resume"] if a.resume else []
+        cmd += ["--score-tokens", a.score_tokens] if a.score_tokens else []
         procs.append((r, subprocess.Popen(cmd)))
     for r, p in procs:
         p.wait()

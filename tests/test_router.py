@@ -420,3 +420,119 @@ def test_fused_kernels_keep_the_decisions(pool_rb):
     for a, b in zip(want, got):  # a choice may change only between models the plain kernels' rounding also ties
         gap = abs(a.base_scores[a.model_id] - a.base_scores[b.model_id])
         assert a.model_id == b.model_id or gap <= 2 * max(noise, moved)
+
+
+def test_distinct_action_prefixes_keep_exactly_the_deciding_tokens(pool_rb):
+    """Each truncated action is a prefix of its action, differs from every other truncated one, and loses its last
+    token's uniqueness when cut one shorter (minimal); on the 11 RouterBench models it keeps ~1/5 of the tokens
+    after the shared opening."""
+    from xrouter_lite.qwen import qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    acts = [P.encode_action(tok, m.id) for m in pool_rb]
+    cut = P.distinct_action_prefixes(acts)
+    for i, (a, c) in enumerate(zip(acts, cut)):
+        assert a[: len(c)] == c
+        others = [b for j, b in enumerate(acts) if j != i]
+        assert all(b[: len(c)] != c for b in others)  # no other action starts with it
+        assert any(b[: len(c) - 1] == c[:-1] for b in others)  # one shorter would not decide
+    shared = min(len(a) for a in acts)
+    while len({tuple(a[:shared]) for a in acts}) > 1:
+        shared -= 1
+    assert sum(len(c) - shared for c in cut) * 4 < sum(len(a) - shared for a in acts)
+    # an action that is a prefix of another keeps all of it; identical actions are kept whole
+    assert P.distinct_action_prefixes([[1, 2], [1, 2, 3], [4]]) == [[1, 2], [1, 2, 3], [4]]
+    assert P.distinct_action_prefixes([[1, 2], [1, 2]]) == [[1, 2], [1, 2]]
+
+
+def test_distinct_scores_are_the_full_scores_without_the_shared_tails(router, pool_rb):
+    """score_tokens 'distinct': each candidate's score is exactly the log-probability of its deciding tokens, the
+    same with the prefix cache and in one forward over the whole prompt; the full score adds the tail's (<= 0)."""
+    offered = pool_rb.subset(THREE)
+    fast = LoRARouter(model=router.model, tokenizer=router.tokenizer, score_tokens="distinct")
+    whole = LoRARouter(model=router.model, tokenizer=router.tokenizer, score_tokens="distinct", prefix_cache_mb=0)
+    assert fast.score_tokens == "distinct" and router.score_tokens == "full"  # a run card-less adapter scores 'full'
+    a, b, full = fast.route(QUERIES[1], offered), whole.route(QUERIES[1], offered), router.route(QUERIES[1], offered)
+    cut = dict(zip(THREE, P.distinct_action_prefixes([P.encode_action(router.tokenizer, m) for m in THREE])))
+    ids = P.encode_prompt(router.tokenizer, P.build_router_prompt(QUERIES[1], offered))
+    import torch
+
+    for m in THREE:
+        act = P.encode_action(router.tokenizer, m)
+        with torch.no_grad():
+            lp = router.model(input_ids=torch.tensor([ids + act])).logits[0, len(ids) - 1 :].float().log_softmax(-1)
+        per = [float(lp[t, x]) for t, x in enumerate(act)]
+        n = len(cut[m])
+        assert a.base_scores[m] == pytest.approx(sum(per[:n]), abs=5e-4)
+        assert b.base_scores[m] == pytest.approx(sum(per[:n]), abs=5e-4)
+        assert full.base_scores[m] == pytest.approx(sum(per), abs=5e-4)
+    with pytest.raises(ValueError, match="score_tokens"):
+        LoRARouter(model=router.model, tokenizer=router.tokenizer, score_tokens="some")
+
+
+def test_score_tokens_come_from_the_run_card_and_must_match_the_head(adapter_dir, tmp_path, pool_rb):
+    """The adapter's training config says how its router scores (evaluation, fit-head and serving read the same
+    run card); a decision head fitted on the other kind of scores is refused with a message naming both."""
+    import shutil
+
+    from xrouter_lite.decision import DecisionHead, HeadError
+    from xrouter_lite.router import adapter_score_tokens
+
+    d = tmp_path / "a"
+    shutil.copytree(adapter_dir, d)
+    assert adapter_score_tokens(d) == "full"
+    (d / "run_card.json").write_text(json.dumps({"status": "completed", "config": {"score_tokens": "distinct"}}))
+    assert adapter_score_tokens(d) == "distinct"
+    r = LoRARouter(adapter_dir=d, device="cpu")
+    assert r.score_tokens == "distinct"
+    models = THREE
+    DecisionHead(models=models, coef=[[0.0] * 3 for _ in models], intercept=[0.0] * 3, score_tokens="full").save(d)
+    with pytest.raises(HeadError, match="fitted on 'full' scores but this router scores 'distinct'"):
+        LoRARouter(adapter_dir=d, device="cpu")
+    LoRARouter(adapter_dir=d, device="cpu", use_head=False)  # without the head it loads
+
+
+def test_packed_flex_batches_give_the_scores_of_the_rows(router, pool_rb):
+    """flex_scoring: a batch laid out as one packed sequence over one copy of the prefix (FlexAttention, the CUDA
+    default for batches) scores every candidate as the per-decision rows do, full and distinct actions alike, with
+    offered sets and question lengths mixed in one batch."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from xrouter_lite.prefix_cache import PrefixScorer
+
+    sc = router.prefix_scorer
+    assert sc.flex is False  # CPU: off by default (compiled FlexAttention is a CUDA path)
+    flex = PrefixScorer(router.model, router.tokenizer, router.pad_id, flex=True)
+    qs = [*QUERIES, "\n\nleading newlines: what is 2+2?", "x", "a longer question " * 12]
+    offered = [pool_rb.subset(THREE), pool_rb.subset(THREE), pool_rb.subset(["claude-v1", "gpt-4-1106-preview"]),
+               pool_rb.subset(THREE), pool_rb.subset(["claude-v1", "gpt-4-1106-preview"])]
+    ps = [P.build_router_prompt(q, off) for q, off in zip(qs, offered)]
+    ids = [P.encode_prompt(router.tokenizer, p) for p in ps]
+    for cut in (False, True):
+        acts = [[P.encode_action(router.tokenizer, m) for m in p.offered] for p in ps]
+        if cut:
+            acts = [P.distinct_action_prefixes(a) for a in acts]
+        a, b = sc.score(ps, ids, acts), flex.score(ps, ids, acts)
+        assert flex.flex and flex.flex_failures == 0  # the packed path really ran
+        for x, y in zip(a, b):
+            assert y == pytest.approx(x, abs=5e-4)
+
+
+def test_packed_trie_runs_each_shared_name_prefix_once(pool_rb):
+    """flex_scoring.pack: candidates that share name tokens (claude-*, mistralai/*) share trie nodes, so a decision
+    over the 11 RouterBench models runs fewer tokens than one row per candidate, and every candidate's every scored
+    token is gathered once at the position of its parent."""
+    from xrouter_lite.flex_scoring import pack
+    from xrouter_lite.prefix_cache import PrefixScorer
+    from xrouter_lite.qwen import qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    full = [P.encode_action(tok, m.id) for m in pool_rb]
+    for acts in (full, P.distinct_action_prefixes(full)):
+        tails = [[11, 12, 13], [21, 22]]
+        ids, pos, row, end, (fb, fw, ft, fc) = pack(100, tails, [acts, acts])
+        rows = PrefixScorer._layout(100, tails, [acts, acts])
+        n_rows = sum(sum(1 for s in r if s != -2) for r in rows[2])
+        assert sum(1 for r in row if r >= 0) < n_rows and len(ids) % 128 == 0
+        for b in range(2):  # each candidate's tokens after the shared opening, in order
+            for j, a in enumerate(acts):
+                assert [t for bb, t, c in zip(fb, ft, fc) if bb == b and c == j] == a[len(a) - sum(1 for bb, c in zip(fb, fc) if bb == b and c == j):]

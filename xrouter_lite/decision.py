@@ -67,6 +67,7 @@ class DecisionHead:
     l2: float = 1.0
     features: str = FEATURES
     info: dict[str, Any] = field(default_factory=dict)
+    score_tokens: str = "full"  # how the scores it was fitted on were computed (LoRARouter's score_tokens); must match
 
     def __post_init__(self) -> None:
         n = len(self.models)
@@ -186,6 +187,7 @@ def fit_head(
     seed: int = 0,
     info: dict[str, Any] | None = None,
     costs: Sequence[Mapping[str, float]] | None = None,
+    score_tokens: str = "full",
 ) -> DecisionHead:
     """Fit the head on validation questions: ``scores[i]`` the router's score of every model on question i,
     ``correct[i]`` whether each model answered it correctly. ``l2`` None: chosen from ``l2_grid`` by ``folds``-fold
@@ -226,7 +228,7 @@ def fit_head(
     meta = {"n_questions": n, "cv_logloss_by_l2": cv, "folds": folds, "seed": seed, **(info or {})}
     if costs is not None:
         meta["cv_aiq"] = _cv_aiq(X, Y, scores, costs, models, float(l2), folds, seed)
-    return DecisionHead(models=models, coef=coef, intercept=icpt, l2=float(l2), info=meta)
+    return DecisionHead(models=models, coef=coef, intercept=icpt, l2=float(l2), info=meta, score_tokens=score_tokens)
 
 
 def _out_of_fold(X, Y, lam: float, parts):
@@ -355,9 +357,10 @@ def aiq_of_envelopes(
 # ---- the fit-head command -------------------------------------------------------------------------------------------
 
 
-def read_scores(decisions_path: str | Path) -> dict[str, dict[str, float]]:
+def read_scores(decisions_path: str | Path, score_tokens: str | None = None) -> dict[str, dict[str, float]]:
     """prompt_id -> the router's own scores, from an evaluation's decisions.jsonl (``router_scores``; older files:
-    ``base_scores``). Lines of invalid decisions are left out."""
+    ``base_scores``). Lines of invalid decisions are left out. ``score_tokens``: refuse lines scored otherwise
+    (lines without the field were scored "full")."""
     import gzip
 
     path = Path(decisions_path)
@@ -373,6 +376,9 @@ def read_scores(decisions_path: str | Path) -> dict[str, dict[str, float]]:
                 pid = d["prompt_id"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise HeadError(f"{path}:{ln}: not a decisions line with candidate scores ({e})") from None
+            if score_tokens is not None and d.get("router") == "lora" and d.get("score_tokens", "full") != score_tokens:
+                raise HeadError(f"{path}:{ln}: scored with score_tokens {d.get('score_tokens', 'full')!r}, the router "
+                                f"scores {score_tokens!r}: evaluate it again or fit the head without --decisions")
             if d.get("valid", True) and scores:
                 out[pid] = {m: float(v) for m, v in scores.items()}
     return out
@@ -391,13 +397,15 @@ def fit_head_from_cache(
     quantize: str = "auto",
     offered: Sequence[str] | None = None,
     max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS,
+    score_tokens: str | None = None,
     say=print,
 ) -> tuple[DecisionHead, Path]:
     """Score the validation questions with the router (or read its scores from ``decisions``), fit the head on
     their recorded outcomes, save it next to the adapter (or in ``out``). ``offered``: the models every validation
     question offers, in this order (default: the pool's models each question has, in the pool's order); give the
     evaluation's ``offered_models`` so that the validation prompts are the ones it scores and the head applies;
-    ``max_prompt_tokens`` as the evaluation's. The head's rule is compared with the raw rule on these questions
+    ``max_prompt_tokens`` as the evaluation's; ``score_tokens`` (default: the adapter's) as the router that will
+    use the head (it is recorded in the head, and a router scoring otherwise refuses it). The head's rule is compared with the raw rule on these questions
     (cross-fitted, ``info["cv_aiq"]``, printed): a diagnostic, not a switch (on the built-in example's 72 validation
     questions it pointed the wrong way on three seeds of three; docs/BENCHMARKS.md)."""
     from .evaluate import load_prompts
@@ -412,8 +420,11 @@ def fit_head_from_cache(
     prompts, _stats = load_prompts(val_cache, ids, require_complete=True)
     if not prompts:
         raise HeadError(f"{val_cache}: no validation question with a graded answer of every pool model")
+    from .router import adapter_score_tokens
+
+    score_tokens = score_tokens or adapter_score_tokens(adapter)
     if decisions is not None:
-        table = read_scores(decisions)
+        table = read_scores(decisions, score_tokens)
         missing = [p.prompt_id for p in prompts if p.prompt_id not in table]
         if missing:
             raise HeadError(f"{decisions}: no scores for {len(missing)} validation question(s), e.g. {missing[:3]}")
@@ -424,7 +435,7 @@ def fit_head_from_cache(
 
         say(f"scoring {len(prompts)} validation questions with {adapter} (no head)")
         r = LoRARouter(None, adapter, mode="score", device=device, quantize=quantize, batch_size=batch_size, use_head=False,
-                       max_prompt_tokens=max_prompt_tokens)
+                       max_prompt_tokens=max_prompt_tokens, score_tokens=score_tokens)
         scores = []
         for s in range(0, len(prompts), 64):
             chunk = prompts[s : s + 64]
@@ -438,7 +449,7 @@ def fit_head_from_cache(
         source = "scored by fit-head"
     correct = [{m: o.correct for m, o in p.outcomes.items() if m in ids} for p in prompts]
     costs = [{m: o.cost for m, o in p.outcomes.items() if m in ids} for p in prompts]
-    head = fit_head(scores, correct, l2=l2, costs=costs,
+    head = fit_head(scores, correct, l2=l2, costs=costs, score_tokens=score_tokens,
                     info={"val_cache": str(val_cache), "scores_from": source, "adapter": str(adapter)})
     cv = head.info["cv_aiq"]
     say(f"validation AIQ (cross-fitted): head {cv['head']:.4f}, raw rule {cv['raw']:.4f}")

@@ -102,6 +102,8 @@ class EvalConfig(BaseModel):
     quantize: Literal["auto", "4bit", "none"] = "auto"
     max_prompt_tokens: int | None = 4096
     use_head: bool = Field(True, description="decide with the adapter's decision head (decision_head.json) when it has one")
+    score_tokens: Literal["full", "distinct"] | None = Field(
+        None, description="lora: how actions are scored (default: the adapter's own, from its run card)")
     online: bool = False
     online_concurrency: int = 4
     plot: bool = True
@@ -513,7 +515,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
         r = load_router(
             {**spec, "pool": pool, "train_cache": cfg.train_cache, "base_model": cfg.base_model, "mode": cfg.mode,
              "device": cfg.device, "quantize": cfg.quantize, "batch_size": cfg.batch_size,
-             "max_prompt_tokens": cfg.max_prompt_tokens, "use_head": cfg.use_head, "tau": cfg.tau, "default_model": cfg.default_model,
+             "max_prompt_tokens": cfg.max_prompt_tokens, "use_head": cfg.use_head, "score_tokens": cfg.score_tokens, "tau": cfg.tau, "default_model": cfg.default_model,
              "cost_source": "pool" if cfg.cost_source == "pool" else "saved", "k": cfg.knn_k,
              "knn_max_seq_length": cfg.knn_max_seq_length, "n_clusters": cfg.n_clusters, "seed": cfg.seed},
             train=train, log=lambda m, label=label: log(f"[{label}] {m}"),
@@ -544,6 +546,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict[str, Any]:
                 f.write(json.dumps({
                     "prompt_id": p.prompt_id, "dataset": p.dataset, "offered": [s.id for s in off],
                     "router": r.name, "chosen": d.model_id, "tau": cfg.tau, "valid": d.valid,
+                    **({"score_tokens": r.score_tokens} if hasattr(r, "score_tokens") else {}),
                     "invalid_reason": d.invalid_reason,
                     "base_scores": getattr(d, "base_scores", d.scores), "costs": getattr(d, "costs", {}),
                     "router_scores": getattr(d, "router_scores", {}) or getattr(d, "base_scores", d.scores),

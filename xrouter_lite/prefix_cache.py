@@ -40,11 +40,19 @@ _MARK = "\u27e6xrouter-question\u27e7"
 
 
 def common_prefix_len(a, b) -> int:
+    """Length of the common prefix of two token sequences (slice comparisons, binary search: C speed)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    a, b = list(a[:n]), list(b[:n])
+    if a == b:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _actions_lcp(actions) -> int:
@@ -69,7 +77,17 @@ class PrefixFinder:
         """The static part's identity (everything but the question), serialised once per prompt object."""
         key = prompt.__dict__.get("_static_key")
         if key is None:
-            key = json.dumps([prompt.messages[:-1], prompt.tools], sort_keys=True, ensure_ascii=False)
+            # prompts built from one offered set share its tool list (prompting._tools_of): serialised once per list
+            memo = PrefixFinder.__dict__.get("_tools_json")
+            if memo is None:
+                memo = {}
+                PrefixFinder._tools_json = memo
+            hit = memo.get(id(prompt.tools))
+            if hit is None or hit[0] is not prompt.tools:
+                if len(memo) >= 256:
+                    memo.clear()
+                hit = memo[id(prompt.tools)] = (prompt.tools, json.dumps(prompt.tools, sort_keys=True, ensure_ascii=False))
+            key = json.dumps(prompt.messages[:-1], sort_keys=True, ensure_ascii=False) + "\x1f" + hit[1]
             prompt.__dict__["_static_key"] = key
         return key
 
@@ -110,6 +128,33 @@ class PrefixFinder:
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             raise PromptTooLongError(len(ids), max_prompt_tokens)
         return ids
+
+    def encode_many(self, prompts: list[RouterPrompt], max_prompt_tokens: int | None = None) -> list:
+        """``encode`` of every prompt, the question parts tokenised in one batch call; an item is the ids or the
+        PromptTooLongError ``encode`` would raise."""
+        from .prompting import PromptTooLongError
+
+        out: list = [None] * len(prompts)
+        fast, texts = [], []
+        for i, p in enumerate(prompts):
+            plan = self._plan(p)
+            q = p.messages[-1]["content"]
+            if plan is None or _MARK in q:
+                try:
+                    out[i] = self.encode(p, max_prompt_tokens)
+                except PromptTooLongError as e:
+                    out[i] = e
+                continue
+            fast.append((i, plan[0]))
+            texts.append(plan[1] + q + plan[2])
+        if texts:
+            for (i, static_ids), rest in zip(fast, self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                ids = static_ids + rest
+                if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                    out[i] = PromptTooLongError(len(ids), max_prompt_tokens)
+                else:
+                    out[i] = ids
+        return out
 
     def _plan(self, prompt: RouterPrompt):
         key = "plan\x1f" + self._key(prompt)
@@ -224,8 +269,11 @@ def _bucket(n: int, step: int) -> int:
 class PrefixScorer:
     """Candidate-action log-probabilities over cached prefixes, for one loaded model (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, pad_id: int, max_bytes: int | None = None, cuda_graphs: bool = False):
+    def __init__(self, model, tokenizer, pad_id: int, max_bytes: int | None = None, cuda_graphs: bool = False,
+                 flex: bool | None = None):
         import torch
+
+        from . import flex_scoring
 
         self._torch = torch
         self.model = model
@@ -240,6 +288,9 @@ class PrefixScorer:
         self._static_kv_owner: dict[int, tuple] = {}
         self._pool = None
         self.graph_failures = 0
+        # batches of several decisions: one packed sequence over one prefix copy (flex_scoring.py); default on CUDA
+        self.flex = flex_scoring.available(self.device) if flex is None else bool(flex)
+        self.flex_failures = 0
 
     # -- prefix KV ------------------------------------------------------------------------------------------------
 
@@ -281,6 +332,13 @@ class PrefixScorer:
                 except Exception:  # noqa: BLE001 - a model/kernel that cannot be captured: eager from now on
                     self.graph_failures += 1
                     self.cuda_graphs = False
+                    res = self._score_eager(entry, m, tails, acts)
+            elif self.flex and len(idx) > 1:
+                try:
+                    res = self._score_flex(entry, m, tails, acts)
+                except Exception:  # noqa: BLE001 - no working FlexAttention here: the eager rows from now on
+                    self.flex_failures += 1
+                    self.flex = False
                     res = self._score_eager(entry, m, tails, acts)
             else:
                 res = self._score_eager(entry, m, tails, acts)
@@ -386,6 +444,12 @@ class PrefixScorer:
             fb, fw, ft, _ = (torch.tensor(x, device=dev) for x in flat)
             vals = self._gather(out.logits, fb, fw, ft).tolist()
         return self._sums(vals, flat, B, [len(a) for a in actions])
+
+    def _score_flex(self, entry: PrefixEntry, m: int, tails, actions):
+        from .flex_scoring import score_packed
+
+        vals, flat = score_packed(self.model, entry, m, tails, actions, make_dynamic_cache)
+        return self._sums(vals, flat, len(tails), [len(a) for a in actions])
 
     # -- CUDA graphs (batch 1) ------------------------------------------------------------------------------------
 

@@ -18,9 +18,11 @@ from typing import Any
 from .pool import ModelSpec
 from .prompting import (
     DEFAULT_MAX_PROMPT_TOKENS,
+    SCORE_TOKENS,
     ActionParseError,
     PromptTooLongError,
     build_router_prompt,
+    distinct_action_prefixes,
     encode_action,
     encode_prompt,
     parse_action,
@@ -305,6 +307,18 @@ def adapter_quantization(adapter_dir: str | Path) -> dict[str, Any] | None:
     return out
 
 
+def adapter_score_tokens(adapter_dir: str | Path | None) -> str:
+    """How an adapter's router scores actions (``score_tokens`` of its run card's training config); "full" for
+    adapters trained before the setting existed, or without a run card."""
+    if not adapter_dir:
+        return "full"
+    from .train import read_run_card
+
+    cfg = (read_run_card(adapter_dir) or {}).get("config")
+    v = cfg.get("score_tokens") if isinstance(cfg, dict) else None
+    return v if v in SCORE_TOKENS else "full"
+
+
 def load_router_model(
     base_model: str | None = None,
     adapter_dir: str | Path | None = None,
@@ -468,6 +482,7 @@ class LoRARouter(CostAwareRouter):
         cuda_graphs: bool | None = None,
         merge_adapter: bool | None = None,
         fuse_kernels: bool | None = None,
+        score_tokens: str | None = None,
     ):
         super().__init__(
             tau=tau, cost_per_query=cost_per_query, expected_output_tokens=expected_output_tokens,
@@ -503,7 +518,26 @@ class LoRARouter(CostAwareRouter):
         # the decision head fitted next to the adapter (`xrouter-lite fit-head`); score mode decides with it
         from .decision import load_head
 
+        # how actions are scored: the adapter's own setting (its run card) unless given (benchmarks compare both)
+        self.score_tokens = adapter_score_tokens(adapter_dir) if score_tokens is None else score_tokens
+        if self.score_tokens not in SCORE_TOKENS:
+            raise ValueError(f"score_tokens must be one of {SCORE_TOKENS}, got {self.score_tokens!r}")
         self.head = load_head(adapter_dir) if (use_head and mode == "score") else None
+        if self.head is None and self.score_tokens == "distinct" and mode == "score":
+            import warnings
+
+            warnings.warn(
+                f"{adapter_dir or 'router'}: score_tokens 'distinct' without a decision head: measured on SmolLM2 "
+                "(docs/BENCHMARKS.md) the raw rule on distinct tokens routes worse than on full actions; fit a head "
+                "(`xrouter-lite fit-head`) or score 'full'", stacklevel=2,
+            )
+        if self.head is not None and self.head.score_tokens != self.score_tokens:
+            from .decision import HeadError
+
+            raise HeadError(
+                f"{adapter_dir}: decision_head.json was fitted on {self.head.score_tokens!r} scores but this router "
+                f"scores {self.score_tokens!r} (score_tokens): refit it with `xrouter-lite fit-head`"
+            )
         on_cuda = self.device.type == "cuda"
         if merge_adapter is None:  # serving on a GPU: LoRA merged into bf16/fp16 weights (not into 4-bit ones)
             merge_adapter = on_cuda and not _is_4bit(model)
@@ -532,6 +566,19 @@ class LoRARouter(CostAwareRouter):
             self._action_ids[model_id] = encode_action(self.tokenizer, model_id)
         return self._action_ids[model_id]
 
+    def _scored_actions(self, offered: tuple[str, ...]) -> list[list[int]]:
+        """The tokens scored per offered model (``score_tokens``), memoised per offered set (bounded)."""
+        memo = self.__dict__.setdefault("_scored_memo", {})
+        acts = memo.get(offered)
+        if acts is None:
+            acts = [self.action_ids(m) for m in offered]
+            if self.score_tokens == "distinct":
+                acts = distinct_action_prefixes(acts)
+            if len(memo) >= 1024:
+                memo.clear()
+            memo[offered] = acts
+        return acts
+
     def route_items(self, items, offered, tau=None):
         tau = self._tau(tau)
         if len(items) != len(offered):
@@ -558,22 +605,26 @@ class LoRARouter(CostAwareRouter):
         t0 = time.perf_counter()
         results: list[Decision | None] = [None] * len(items)
         work = []  # (index, prompt, prompt ids, offered ids, costs)
-        for i, (it, off) in enumerate(zip(items, offered)):
-            off = list(off)
+        offs = [list(off) for off in offered]
+        prompts = [build_router_prompt(it.query, off) for it, off in zip(items, offs)]
+        if self.prefix_scorer is not None:  # same ids, the static part tokenised once per offered set, one batch call
+            encoded = self.prefix_scorer.finder.encode_many(prompts, self.max_prompt_tokens)
+        else:
+            encoded = []
+            for p in prompts:
+                try:
+                    encoded.append(encode_prompt(self.tokenizer, p, self.max_prompt_tokens))
+                except PromptTooLongError as e:
+                    encoded.append(e)
+        for i, (it, off, prompt, ids) in enumerate(zip(items, offs, prompts, encoded)):
             costs = self.costs_for(it.query, off)
-            prompt = build_router_prompt(it.query, off)
-            try:
-                if self.prefix_scorer is not None:  # same ids, the static part tokenised once per offered set
-                    ids = self.prefix_scorer.finder.encode(prompt, self.max_prompt_tokens)
-                else:
-                    ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
-            except PromptTooLongError as e:
-                results[i] = self._invalid(f"prompt_too_long: {e}", off, costs, t0)
+            if isinstance(ids, PromptTooLongError):
+                results[i] = self._invalid(f"prompt_too_long: {ids}", off, costs, t0)
                 continue
             work.append((i, prompt, ids, off, costs))
         if work:
             if self.mode == "score":
-                acts = [[self.action_ids(m) for m in w[1].offered] for w in work]
+                acts = [self._scored_actions(tuple(w[1].offered)) for w in work]
                 if self.prefix_scorer is not None:
                     logps = self.prefix_scorer.score([w[1] for w in work], [w[2] for w in work], acts)
                 else:

@@ -395,6 +395,7 @@ class RouterSpec(BaseModel):
     batch_size: int = 8
     max_prompt_tokens: int | None = 4096
     use_head: bool = True  # lora: decide with the adapter's decision head (decision_head.json) when it has one
+    score_tokens: Literal["full", "distinct"] | None = None  # lora: None = the adapter's own (its run card)
     tau: float = 0.0
     default_model: str | None = None
     cost_per_query: dict[str, float] | None = Field(None, description="USD per query per model (overrides all)")
@@ -535,7 +536,7 @@ def load_router(spec: str | Path | Mapping[str, Any] | RouterSpec, *, train: Seq
             raise ValueError(f"{ad}: no adapter_config.json (not a LoRA adapter folder)")
         r: Router = LoRARouter(
             s.base_model, ad, mode=s.mode, device=s.device, quantize=s.quantize, batch_size=s.batch_size,
-            max_prompt_tokens=s.max_prompt_tokens, use_head=s.use_head, **common,
+            max_prompt_tokens=s.max_prompt_tokens, use_head=s.use_head, score_tokens=s.score_tokens, **common,
         )
     elif kind == "knn":
         from .router import KNNRouter

@@ -118,6 +118,12 @@ class TrainConfig(BaseModel):
         "decision head (fit-head), worse with the raw rule (docs/BENCHMARKS.md)"
     )
     disable_dropout: bool = True
+    score_tokens: Literal["full", "distinct"] = Field(
+        "full", description="how the trained router scores an offered action at decision time (recorded in the run "
+        "card; evaluation, fit-head and serving read it from there): 'full': every token of the action; 'distinct': "
+        "its tokens up to the first one no other offered action shares (prompting.distinct_action_prefixes): ~3x "
+        "fewer tokens per batched GPU decision. Training is the same either way (DPO over the whole action)"
+    )
 
     # DPO
     recipe: Literal["packed", "trl"] = Field("packed", description="packed: one row per pair (prompt once); trl: TRL's two rows")
