@@ -96,7 +96,27 @@ def _trie(actions: tuple[tuple[int, ...], ...]):
         r = x[l:]
         for i in range(len(r)):
             gathers.append((-1 if i == 0 else index[tuple(r[:i])], r[i], j))
-    return tuple(a[0][:l]), tuple(map(tuple, nodes)), tuple(gathers)
+    import numpy as np
+
+    shared = np.array(a[0][:l], dtype=np.int64)
+    nd = np.array(nodes, dtype=np.int64).reshape(-1, 3)
+    g = np.array(gathers, dtype=np.int64).reshape(-1, 3)
+    return shared, nd[:, 0], nd[:, 1], nd[:, 2], g[:, 0], g[:, 1], g[:, 2]
+
+
+def _template(actions):
+    """``_trie`` of a decision's action lists, memoised on the list object the router reuses per offered set."""
+    hit = _TEMPLATES.get(id(actions))
+    if hit is not None and hit[0] is actions:
+        return hit[1]
+    t = _trie(tuple(tuple(x) for x in actions))
+    if len(_TEMPLATES) >= 256:
+        _TEMPLATES.clear()
+    _TEMPLATES[id(actions)] = (actions, t)
+    return t
+
+
+_TEMPLATES: dict[int, tuple] = {}
 
 
 def pack(m: int, tails, actions):
@@ -105,50 +125,48 @@ def pack(m: int, tails, actions):
     several candidates share (``mistralai/``, ``claude-``) is one node, run once. Every token gets the position
     it has in its own candidate's sequence and ``end``: the last index of its subtree (a chain token: the end of
     its decision), so "k is visible to q" is ``k <= q <= end[k]`` within one decision. Rounded up to BLOCK with
-    padding tokens (decision -1). Returns ids, positions, decision, end per token, and the gathered
+    padding tokens (decision -1). Returns numpy arrays: ids, positions, decision, end per token, and the gathered
     (decision, packed position, target token, candidate or -1 for the shared tokens)."""
-    ids, pos, row, end = [], [], [], []
-    fb, fw, ft, fc = [], [], [], []
+    import numpy as np
+
+    parts: dict[str, list] = {k: [] for k in ("ids", "pos", "row", "end", "fb", "fw", "ft", "fc")}
+    s0 = 0
     for b, (t, a) in enumerate(zip(tails, actions)):
-        shared, nodes, gathers = _trie(tuple(tuple(x) for x in a))
-        s0 = len(ids)
+        shared, ntok, ndep, nend, gk, gt, gc = _template(a)
+        t = np.asarray(t, dtype=np.int64)
         nh = len(t) + len(shared)
-        n0 = s0 + nh  # first node
-        last = n0 + len(nodes) - 1
-        ids.extend(t)
-        ids.extend(shared)
-        ids.extend(x for x, _d, _e in nodes)
-        pos.extend(range(m, m + nh))
-        pos.extend(m + nh + d for _x, d, _e in nodes)
-        row.extend([b] * (nh + len(nodes)))
-        end.extend([last] * nh)
-        end.extend(n0 + e for _x, _d, e in nodes)
-        tail_last = s0 + len(t) - 1
-        for i, x in enumerate(shared):  # the shared action tokens: the same log-prob for every candidate
-            fb.append(b), fw.append(tail_last + i), ft.append(x), fc.append(-1)
-        for k, x, j in gathers:
-            fb.append(b), fw.append(n0 - 1 if k < 0 else n0 + k), ft.append(x), fc.append(j)
-    n = len(ids)
-    pad = -n % BLOCK
-    ids += [0] * pad
-    pos += [m] * pad
-    row += [-1] * pad
-    end += list(range(n, n + pad))
-    return ids, pos, row, end, (fb, fw, ft, fc)
+        n0 = s0 + nh  # first trie node
+        size = nh + len(ntok)
+        parts["ids"] += [t, shared, ntok]
+        parts["pos"] += [np.arange(m, m + nh), m + nh + ndep]
+        parts["row"].append(np.full(size, b))
+        parts["end"] += [np.full(nh, s0 + size - 1), n0 + nend]
+        tail_last = s0 + len(t) - 1  # the shared action tokens: the same log-prob for every candidate
+        parts["fb"] += [np.full(len(shared) + len(gk), b)]
+        parts["fw"] += [tail_last + np.arange(len(shared)), n0 + gk]  # gk -1: the last shared token
+        parts["ft"] += [shared, gt]
+        parts["fc"] += [np.full(len(shared), -1), gc]
+        s0 += size
+    out = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+    pad = -s0 % BLOCK
+    ids = np.concatenate([out["ids"], np.zeros(pad, np.int64)])
+    pos = np.concatenate([out["pos"], np.full(pad, m)])
+    row = np.concatenate([out["row"], np.full(pad, -1)])
+    end = np.concatenate([out["end"], np.arange(s0, s0 + pad)])
+    return ids, pos, row, end, (out["fb"], out["fw"], out["ft"], out["fc"])
 
 
-def score_packed(model, entry, m: int, tails, actions, make_cache) -> tuple[list[float], tuple]:
-    """Log-probabilities of every gathered target of ``pack(m, tails, actions)`` (and the gather list), computed as
-    one packed sequence over the first ``m`` cached prefix positions of ``entry``."""
+def score_packed(model, entry, m: int, tails, actions, make_cache) -> list[list[float]]:
+    """``sum log p`` of every candidate's scored tokens for every decision (``pack(m, tails, actions)``), computed
+    as one packed sequence over the first ``m`` cached prefix positions of ``entry``."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
     dev = entry.layers[0][0].device
-    ids, pos, row_l, end_l, flat = pack(m, tails, actions)
-    fb, fw, ft, fc = flat
+    ids, pos, row_a, end_a, (fb, fw, ft, fc) = pack(m, tails, actions)
     L = len(ids)
-    row = torch.tensor(row_l, device=dev)
-    end = torch.tensor(end_l, device=dev)
+    row = torch.from_numpy(row_a).to(dev)
+    end = torch.from_numpy(end_a).to(dev)
 
     def visible(b, h, q, kv):
         k = (kv - m).clamp(min=0)
@@ -164,24 +182,34 @@ def score_packed(model, entry, m: int, tails, actions, make_cache) -> tuple[list
     name = _register()
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
+    import numpy as np
+
+    uniq, slot = np.unique(fw, return_inverse=True)  # the positions whose log-probs are read
+    n_c = [len(a) for a in actions]
+    C = max(n_c)
     try:
         cfg._attn_implementation = name
         with torch.inference_mode():
             h = decoder(
-                input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                input_ids=torch.from_numpy(ids)[None].to(dev), position_ids=torch.from_numpy(pos)[None].to(dev),
                 attention_mask=mask, past_key_values=make_cache(layers, 1), use_cache=True,
             ).last_hidden_state[0]
             # the lm_head only where a log-prob is read, a chunk of positions at a time (bounded memory)
-            uniq = sorted(set(fw))
-            slot = {p: i for i, p in enumerate(uniq)}
-            gi = torch.tensor([slot[p] for p in fw], device=dev)
-            tgt = torch.tensor(ft, device=dev)
-            where = torch.tensor(uniq, device=dev)
+            gi = torch.from_numpy(slot.reshape(-1)).to(dev)
+            tgt = torch.from_numpy(ft).to(dev)
+            where = torch.from_numpy(uniq).to(dev)
             vals = torch.empty(len(fw), dtype=torch.float32, device=dev)
             for i in range(0, len(uniq), CHUNK):
                 lp = head(h[where[i : i + CHUNK]]).float().log_softmax(-1)
                 sel = ((gi >= i) & (gi < i + CHUNK)).nonzero().squeeze(1)
                 vals[sel] = lp[gi[sel] - i, tgt[sel]]
-            return vals.tolist(), flat
+            # per decision and candidate: its own tokens + the tokens every candidate shares
+            fb_t, fc_t = torch.from_numpy(fb).to(dev), torch.from_numpy(fc).to(dev)
+            own = fc_t >= 0
+            sums = torch.zeros(len(tails) * C, dtype=torch.float32, device=dev)
+            sums.index_add_(0, (fb_t * C + fc_t)[own], vals[own])
+            common = torch.zeros(len(tails), dtype=torch.float32, device=dev).index_add_(0, fb_t[~own], vals[~own])
+            res = (sums.view(len(tails), C) + common[:, None]).tolist()
+            return [r[:n] for r, n in zip(res, n_c)]
     finally:
         cfg._attn_implementation = old

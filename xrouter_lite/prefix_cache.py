@@ -448,8 +448,7 @@ class PrefixScorer:
     def _score_flex(self, entry: PrefixEntry, m: int, tails, actions):
         from .flex_scoring import score_packed
 
-        vals, flat = score_packed(self.model, entry, m, tails, actions, make_dynamic_cache)
-        return self._sums(vals, flat, len(tails), [len(a) for a in actions])
+        return score_packed(self.model, entry, m, tails, actions, make_dynamic_cache)
 
     # -- CUDA graphs (batch 1) ------------------------------------------------------------------------------------
 
