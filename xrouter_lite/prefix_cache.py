@@ -32,27 +32,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .prompting import RouterPrompt, render_prompt
+from .prompting import RouterPrompt, common_prefix_len, render_prompt
 
 DEFAULT_PREFIX_CACHE_MB = 256.0
 _PROBES = ("x", "7 y")
 _MARK = "\u27e6xrouter-question\u27e7"
-
-
-def common_prefix_len(a, b) -> int:
-    """Length of the common prefix of two token sequences (slice comparisons, binary search: C speed)."""
-    n = min(len(a), len(b))
-    a, b = list(a[:n]), list(b[:n])
-    if a == b:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def _actions_lcp(actions) -> int:
@@ -66,6 +50,8 @@ def _actions_lcp(actions) -> int:
 class PrefixFinder:
     """The question-independent token prefix of a router prompt, per (system text, tools), memoised (bounded)."""
 
+    _tools_json: dict[int, tuple] = {}  # id(tool list) -> (that list, its JSON): shared by every finder, bounded
+
     def __init__(self, tokenizer, max_entries: int = 1024):
         self.tokenizer = tokenizer
         self.max_entries = max_entries
@@ -78,10 +64,7 @@ class PrefixFinder:
         key = prompt.__dict__.get("_static_key")
         if key is None:
             # prompts built from one offered set share its tool list (prompting._tools_of): serialised once per list
-            memo = PrefixFinder.__dict__.get("_tools_json")
-            if memo is None:
-                memo = {}
-                PrefixFinder._tools_json = memo
+            memo = PrefixFinder._tools_json
             hit = memo.get(id(prompt.tools))
             if hit is None or hit[0] is not prompt.tools:
                 if len(memo) >= 256:
@@ -117,31 +100,24 @@ class PrefixFinder:
         offered set and only the rest per decision. Used only where a check on probe questions (with leading and
         trailing whitespace) shows that rendering inserts the question verbatim and that the split tokenises
         identically; otherwise (or for a question containing the marker) the whole prompt is tokenised."""
-        from .prompting import PromptTooLongError, encode_prompt
-
-        plan = self._plan(prompt)
-        q = prompt.messages[-1]["content"]
-        if plan is None or _MARK in q:
-            return encode_prompt(self.tokenizer, prompt, max_prompt_tokens)
-        static_ids, head, tail = plan
-        ids = static_ids + self.tokenizer(head + q + tail, add_special_tokens=False)["input_ids"]
-        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-            raise PromptTooLongError(len(ids), max_prompt_tokens)
+        ids = self.encode_many([prompt], max_prompt_tokens)[0]
+        if isinstance(ids, Exception):
+            raise ids
         return ids
 
     def encode_many(self, prompts: list[RouterPrompt], max_prompt_tokens: int | None = None) -> list:
         """``encode`` of every prompt, the question parts tokenised in one batch call; an item is the ids or the
         PromptTooLongError ``encode`` would raise."""
-        from .prompting import PromptTooLongError
+        from .prompting import PromptTooLongError, encode_prompt
 
         out: list = [None] * len(prompts)
         fast, texts = [], []
         for i, p in enumerate(prompts):
             plan = self._plan(p)
             q = p.messages[-1]["content"]
-            if plan is None or _MARK in q:
+            if plan is None or _MARK in q:  # the whole prompt tokenised
                 try:
-                    out[i] = self.encode(p, max_prompt_tokens)
+                    out[i] = encode_prompt(self.tokenizer, p, max_prompt_tokens)
                 except PromptTooLongError as e:
                     out[i] = e
                 continue

@@ -254,6 +254,22 @@ def encode_action(tokenizer, model_id: str) -> list[int]:
     return tokenizer(action_text(model_id) + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
 
 
+def common_prefix_len(a, b) -> int:
+    """Length of the common prefix of two token sequences (slice comparisons, binary search: C speed)."""
+    n = min(len(a), len(b))
+    a, b = list(a[:n]), list(b[:n])
+    if a == b:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 SCORE_TOKENS = ("full", "distinct")
 
 
@@ -265,13 +281,7 @@ def distinct_action_prefixes(actions: Sequence[Sequence[int]]) -> list[list[int]
     itself (11 RouterBench models: 38 of 199 tokens after the shared opening) and favour short names."""
     out = []
     for i, a in enumerate(actions):
-        u = 0
-        for j, b in enumerate(actions):
-            if j != i:
-                n = 0
-                while n < len(a) and n < len(b) and a[n] == b[n]:
-                    n += 1
-                u = max(u, n)
+        u = max((common_prefix_len(a, b) for j, b in enumerate(actions) if j != i), default=0)
         out.append(list(a[: min(len(a), u + 1)]))
     return out
 

@@ -514,6 +514,7 @@ class LoRARouter(CostAwareRouter):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self._action_ids: dict[str, list[int]] = {}
+        self._scored_memo: dict[tuple[str, ...], list[list[int]]] = {}  # offered set -> the tokens scored per model
         self.invalid_reasons: dict[str, int] = {}
         # the decision head fitted next to the adapter (`xrouter-lite fit-head`); score mode decides with it
         from .decision import load_head
@@ -568,7 +569,7 @@ class LoRARouter(CostAwareRouter):
 
     def _scored_actions(self, offered: tuple[str, ...]) -> list[list[int]]:
         """The tokens scored per offered model (``score_tokens``), memoised per offered set (bounded)."""
-        memo = self.__dict__.setdefault("_scored_memo", {})
+        memo = self._scored_memo
         acts = memo.get(offered)
         if acts is None:
             acts = [self.action_ids(m) for m in offered]
