@@ -63,6 +63,13 @@ def test_fit_head_needs_validation_questions(tmp_path):
                    encoding="utf-8")
     with pytest.raises(PipelineConfigError, match="fit_head: needs validation questions: set pairs.val_fraction"):
         check_pipeline(cfg)
+    cfg.write_text("out_dir: x\ncache: {import_routerbench: [a.csv]}\nhead_l2: 100\npairs: {val_fraction: 0.3}\n",
+                   encoding="utf-8")
+    with pytest.raises(PipelineConfigError, match="head_l2: is the decision head's penalty: set fit_head: true"):
+        check_pipeline(cfg)
+    cfg.write_text("out_dir: x\ncache: {import_routerbench: [a.csv]}\nfit_head: true\nhead_l2: -1\n", encoding="utf-8")
+    with pytest.raises(PipelineConfigError, match="head_l2"):
+        check_pipeline(cfg)
 
 
 @pytest.mark.parametrize("name", ["example_routerbench.yaml", "quality_routerbench.yaml"])

@@ -517,6 +517,30 @@ def test_packed_flex_batches_give_the_scores_of_the_rows(router, pool_rb):
             assert y == pytest.approx(x, abs=5e-4)
 
 
+def test_warm_up_runs_the_packed_path_before_any_request(router, pool_rb, monkeypatch):
+    """Router.warm_up (the server calls it at start-up): where batches are packed (FlexAttention, CUDA) it decides one
+    question, then a batch of two over the offered set and one over a second set, so the kernel compile and the one
+    recompilation for a new prefix length happen before serving (29 s + 9 s on an H100 otherwise paid by the first
+    requests); elsewhere it decides one question only."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    seen = []
+    real = router.route_batch
+
+    def spy(queries, offered, tau=None):
+        seen.append([len(o) for o in offered])
+        return real(queries, offered, tau)
+
+    monkeypatch.setattr(router, "route_batch", spy)
+    off = pool_rb.subset(THREE)
+    router.warm_up(off)
+    assert seen == [[3]]  # CPU: no packed batches, one decision
+    seen.clear()
+    monkeypatch.setattr(router.prefix_scorer, "flex", True)
+    router.warm_up(off)
+    assert seen == [[3], [3] * 4, [2] * 4]  # batches of min(batch_size 4, 8)
+    assert router.prefix_scorer.flex and router.prefix_scorer.flex_failures == 0  # the packed path ran and stayed on
+
+
 def test_packed_trie_runs_each_shared_name_prefix_once(pool_rb):
     """flex_scoring.pack: candidates that share name tokens (claude-*, mistralai/*) share trie nodes, so a decision
     over the 11 RouterBench models runs fewer tokens than one row per candidate, and every candidate's every scored

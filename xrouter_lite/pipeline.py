@@ -20,6 +20,7 @@ Config YAML (every section holds the fields of that stage's own config; paths be
     train: {TrainConfig fields}              # on CUDA, `train_cuda` replaces it when given
     fit_head: false                          # true: after training, fit the decision head on pairs.val_fraction's
                                              # questions (`xrouter-lite fit-head`, offered as eval.offered_models)
+    head_l2: null                            # the head's L2 penalty (`fit-head --l2`); null: chosen by 5-fold CV
     eval: {EvalConfig fields}
     smoke: {limit_per_file: 40, max_steps: 2, max_queries: 12, taus: [0, 1, 100]}   # used with --smoke
 
@@ -77,6 +78,7 @@ class PipelineConfig(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     train_cuda: dict[str, Any] | None = None
     fit_head: bool = False
+    head_l2: float | None = Field(None, gt=0)
     eval: dict[str, Any] = Field(default_factory=dict)
     smoke: SmokeSettings = Field(default_factory=SmokeSettings)
 
@@ -181,6 +183,8 @@ def check_pipeline(config_path: str | Path, *, smoke: bool = False, cuda: bool |
     for i, m in enumerate(pcfg.offered_models or []):
         if m not in pool:
             raise PipelineConfigError(where, f"model {m!r} is not in the pool {cfg.pool}", key=f"pairs.offered_models.{i}")
+    if cfg.head_l2 is not None and not cfg.fit_head:
+        raise PipelineConfigError(where, "is the decision head's penalty: set fit_head: true as well", key="head_l2")
     if cfg.fit_head and not pcfg.val_fraction > 0:
         raise PipelineConfigError(where, "needs validation questions: set pairs.val_fraction (e.g. 0.3)", key="fit_head")
     if ecfg.default_model is not None and ecfg.default_model not in pool:
@@ -231,7 +235,8 @@ def fit_stage_head(plan: PipelinePlan, *, reuse: bool, say=print) -> None:
     say(f"[3/4] head: fitting the decision head on {val}")
     head, path = fit_head_from_cache(adapter, val, pool=plan.config.pool, offered=ecfg.offered_models,
                                      batch_size=ecfg.batch_size, device=ecfg.device, quantize=ecfg.quantize,
-                                     max_prompt_tokens=ecfg.max_prompt_tokens, say=say)  # HeadError names the file
+                                     max_prompt_tokens=ecfg.max_prompt_tokens, l2=plan.config.head_l2,
+                                     say=say)  # HeadError names the file
     say(f"decision head: {len(head.models)} models, {head.info['n_questions']} validation questions, l2 {head.l2:g}; "
         f"wrote {path}")
 

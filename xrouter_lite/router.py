@@ -589,6 +589,21 @@ class LoRARouter(CostAwareRouter):
             out.extend(self._route_chunk(items[start : start + self.batch_size], offered[start : start + self.batch_size], tau))
         return out
 
+    def warm_up(self, offered) -> None:
+        """One decision (CUDA graphs are captured on it), then, where batches are packed for FlexAttention (CUDA),
+        a batch over ``offered`` and one of longer questions over a second offered set: the first compiles the
+        kernel and the block mask for its shapes (29 s on an H100), the second recompiles them once with the
+        prefix length and the packed length dynamic (9 s); after that no offered set or batch size compiles again
+        (``bench/flex_compile.py``, docs/BENCHMARKS.md)."""
+        offered = list(offered)
+        self.route_batch(["warm-up: what is 2+2?"], [offered])
+        n = min(self.batch_size, 8)  # 8 decisions: a packed sequence of several mask blocks, as real batches have
+        if self.prefix_scorer is not None and self.prefix_scorer.flex and n > 1:  # (one block compiles a special case)
+            q = [f"warm-up question {i}: what is {i} + {i}? Answer with a number only, please." for i in range(n)]
+            self.route_batch(q, [offered] * n)
+            if len(offered) > 2:  # another prefix length AND packed length: torch.compile makes both dynamic now
+                self.route_batch([x + " Give the sum as digits, nothing else." * 4 for x in q], [offered[:-1]] * n)
+
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _invalid(self, reason: str, off, costs, t0: float, raw: str | None = None, scores=None) -> ScoredDecision:

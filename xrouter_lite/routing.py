@@ -310,6 +310,11 @@ class Router:
         items = [q if isinstance(q, RouteItem) else RouteItem(q) for q in queries]
         return self.route_items(items, [list(o) for o in offered], tau)
 
+    def warm_up(self, offered: Sequence[ModelSpec]) -> None:
+        """Throw-away decisions before serving, so that no request pays for lazy set-up (first forward pass, kernel
+        compilation). Default: one decision among ``offered``."""
+        self.route_batch(["warm-up: what is 2+2?"], [list(offered)])
+
     def route(
         self,
         messages: str | Sequence[dict[str, Any]],

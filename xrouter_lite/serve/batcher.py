@@ -73,15 +73,19 @@ class DecisionBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def warm_up(self, offered: list[ModelSpec]) -> None:
-        """One throw-away decision before serving (the first forward pass of a model is the slowest: lazy CUDA and
-        kernel set-up), so that no request pays for it. A failure is logged, not fatal."""
+        """Throw-away decisions before serving (``Router.warm_up``: the first forward pass is the slowest, and a
+        GPU router compiles its batched kernels on its first batches), so that no request pays for them. A failure
+        is logged, not fatal."""
         if self.inline:
             return
         t0 = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.router.route_batch, ["warm-up: what is 2+2?"], [list(offered)], None)
-            log.info("router warm-up decision took %.2f s", time.perf_counter() - t0)
+            warm = getattr(self.router, "warm_up", None)
+            if warm is None:  # a duck-typed router: one decision
+                def warm(off):
+                    return self.router.route_batch(["warm-up: what is 2+2?"], [list(off)], None)
+            await asyncio.get_running_loop().run_in_executor(self._executor, warm, list(offered))
+            log.info("router warm-up took %.2f s", time.perf_counter() - t0)
         except Exception as e:
             log.warning("router warm-up failed (%s); requests will fall back if it keeps failing", type(e).__name__)
 
