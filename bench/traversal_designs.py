@@ -8,6 +8,7 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz dr           # inverse propensity vs doubly robust
     python bench/traversal_designs.py FULL --emb-cache EMB.npz cv           # C per model by weighted 5-fold log-loss
     python bench/traversal_designs.py FULL --emb-cache EMB.npz prune        # drop models from the cost-ordered part
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz strata       # exploration by where the traversal stopped
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -87,7 +88,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -177,7 +178,29 @@ def main() -> None:
         L[expl] = True
         return L, keep
 
-    def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0):
+    def traverse_strata(rows, target, beta, seed):
+        """Explore question r with a known probability p_r = min(1, lam x (labels it lacks / cost of completing it)
+        ^ beta), lam set so the expected cost share is ``target``: a question the traversal stopped early (many
+        labels missing) is worth more per dollar. Returns the label mask and p per row (0: nothing missing)."""
+        base = base_mask(rows, np.argsort(Cq[rows].mean(0)))
+        miss = ~base
+        gain, cc = miss.sum(1), (miss * Cq[rows]).sum(1)
+        score = np.where(gain > 0, (gain / np.maximum(cc, 1e-12)) ** beta, 0.0)
+        tot, b0 = Cq[rows].sum(), (base * Cq[rows]).sum()
+        lo, hi = 0.0, 1e12
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if (b0 + (np.minimum(1, mid * score) * cc).sum()) / tot < target else (lo, mid)
+        p = np.minimum(1, lo * score)
+        L = base.copy()
+        for k, r in enumerate(rows):
+            if p[k] > 0 and u("s", seed, ids[r]) < p[k]:
+                L[k] = True
+        return L, p
+
+    def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0, prop=None, poststrat=False):
+        """``prop``: each row's known exploration probability (weights 1 / p on the explored rows of A_m);
+        ``poststrat``: the explored share of A_m taken per stratum of the cheapest correct model, not overall."""
         rows, cpq = np.array(rows), Cq[rows].mean(0)
         P = np.zeros((len(test), M))
         for m in range(M):
@@ -188,7 +211,17 @@ def main() -> None:
                 continue
             lab, A = L[:, m], cheaper_right(rows, cpq, m, called)
             w = np.ones(len(rows))
-            if A.any() and lab[A].mean() > 0:
+            if prop is not None:
+                ex = A & lab
+                w[ex] = 1.0 / prop[ex]
+            elif poststrat:
+                order = np.argsort(cpq)
+                cstar = np.array([next((j for j in order if Y[r, j]), -1) for r in rows])
+                for c in set(cstar[A].tolist()):
+                    st = A & (cstar == c)
+                    if lab[st].any():
+                        w[st] = 1.0 / lab[st].mean()
+            elif A.any() and lab[A].mean() > 0:
                 w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
             sel = np.where(lab)[0]
             c = choose_c(E[rows[sel]], Y[rows[sel], m], w[sel], cv) if cv else C
@@ -239,6 +272,8 @@ def main() -> None:
         "cv": {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}},
         "prune": {"C1": {}, "prune-w1": {"pruned_w": 1.0}, "prune-wshare": {"pruned_w": 0.0},
                   "pay-w1": {"pruned_w": 1.0, "rule": "paying"}, "pay-wshare": {"pruned_w": 0.0, "rule": "paying"}},
+        "strata": {"C1": {}, "poststrat": {"poststrat": True}, "strata-b1": {"beta": 1.0}, "strata-b0.5": {"beta": 0.5},
+                   "strata-b2": {"beta": 2.0}},
     }[a.what]
     n_draws = 2 if a.what == "designs" else 3  # exploration seeds s, s + 10 (, s + 20)
     res: dict[str, list[float]] = {}
@@ -272,6 +307,10 @@ def main() -> None:
                         e, (L, called) = chosen[rule]
                         kw = dict(spec, called=called)
                         print(f"  {rule}: explore {e:.4f}, not called {[models[j] for j in np.where(~called)[0]]}")
+                    elif a.what == "strata" and "beta" in spec:  # at this draw's cost of the 8% design
+                        t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
+                        L, prop = traverse_strata(tr, t_es, spec["beta"], es)
+                        kw = {"prop": prop}
                     elif a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
                         kw = {}
