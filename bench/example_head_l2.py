@@ -32,16 +32,15 @@ def val_scores(run: Path, offered: list[str]) -> list[dict]:
     path = run / "val_scores.json"
     if path.exists():
         return json.loads(path.read_text())
+    from xrouter_lite.decision import raw_scores
     from xrouter_lite.evaluate import load_prompts
     from xrouter_lite.pool import load_pool
-    from xrouter_lite.router import LoRARouter, RouteItem
 
     pool = load_pool(REPO / "configs" / "pool_routerbench.yaml")
     prompts, _ = load_prompts(run / "val_cache.jsonl", offered, require_complete=True)
-    r = LoRARouter(None, str(run / "router"), mode="score", batch_size=4, use_head=False)
-    ds = r.route_items([RouteItem(p.prompt, p.prompt_id, p.dataset) for p in prompts], [pool.subset(offered)] * len(prompts), 0.0)
-    out = [{"prompt_id": p.prompt_id, "dataset": p.dataset, "scores": d.router_scores or d.base_scores,
-            "correct": {m: p.outcomes[m].correct for m in offered}} for p, d in zip(prompts, ds)]
+    scores = raw_scores(str(run / "router"), prompts, pool, offered, batch_size=4)  # as the pipeline's head stage
+    out = [{"prompt_id": p.prompt_id, "dataset": p.dataset, "scores": sc,
+            "correct": {m: p.outcomes[m].correct for m in offered}} for p, sc in zip(prompts, scores)]
     path.write_text(json.dumps(out))
     return out
 

@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    from route_latency import build_model, question_of
+    from route_latency import build_model, question_of, write_result
     from xrouter_lite.pool import load_pool
     from xrouter_lite.qwen import qwen_tokenizer
     from xrouter_lite.router import LoRARouter
@@ -136,10 +136,7 @@ def main(argv=None) -> dict:
                            "frames_compiled_after_first_batch": sum(x["new_frames"] for x in rows[k + 1:]),
                            "warm_up_s": info.get("warm_up")}
     print(json.dumps(summary["headline"]), flush=True)
-    path = args.json or (str(Path(os.environ["OUT"]) / "flex_compile.json") if os.environ.get("OUT") else None)
-    if path:
-        Path(path).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {path}")
+    write_result(summary, args.json, "flex_compile.json")
     return summary
 
 

@@ -149,10 +149,9 @@ def main(argv=None) -> dict:
                                "max_abs_to_trl_same": {k: max(abs(r[k]["loss"] - r["trl"]["loss"]) for r in rs) for k in names[1:]}})
         print(f"{rs[0]['precision']:<34} | {to_ref['trl']:.4f} {to_ref['ours_packed']:.4f} {to_ref['ours_shared']:.4f} | "
               f"{same['ours_packed']:.4f} {same['ours_shared']:.4f}")
-    path_out = args.json or (str(Path(os.environ["OUT"]) / "loss_precision.json") if os.environ.get("OUT") else None)
-    if path_out:
-        Path(path_out).write_text(json.dumps(res, indent=2))
-        print(f"wrote {path_out}")
+    from route_latency import write_result
+
+    write_result(res, args.json, "loss_precision.json")
     return res
 
 

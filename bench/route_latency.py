@@ -126,6 +126,17 @@ def query_for(tokenizer, offered, target: int) -> tuple[str, int]:
     return best
 
 
+def write_result(result: dict, path: str | None, default_name: str) -> str | None:
+    """The benches' JSON output: ``path`` (their ``--json``), else $OUT/``default_name`` when OUT is set (a device
+    run), else nothing. Returns the path written."""
+    if path is None and os.environ.get("OUT"):
+        path = str(Path(os.environ["OUT"]) / default_name)
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
+    return path
+
+
 def timers(fns: dict, repeats: int, warmup: int, sync) -> dict[str, dict[str, float]]:
     """Time several functions in interleaved rounds (f1, f2, f3, f1, f2, ...), so drift hits them alike."""
     for _ in range(warmup):
@@ -265,10 +276,7 @@ def main(argv=None) -> dict:
         parts = [f"B={b}: {v['score_qps']:.1f} q/s (floor {v['floor_qps']:.1f})" for b, v in r["throughput"].items()]
         print(f"  N={r['candidates']}: " + "; ".join(parts))
     out = {"info": info, "results": results}
-    path = args.json or (str(Path(os.environ["OUT"]) / "route_latency.json") if os.environ.get("OUT") else None)
-    if path:
-        Path(path).write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_result(out, args.json, "route_latency.json")
     return out
 
 
@@ -426,10 +434,7 @@ def prefix_bench(args) -> dict:
                        for b, v in row["batched"].items())
         print(f"{row['config']:<16} {row['candidates']:>3} {row.get('prompt_tokens', '-'):>6} {row.get('question_part_tokens', '-'):>6} | "
               f"{row['route_b1']['median_ms']:12.2f} | {fl if fl is None else round(fl, 2)!s:>8} | {bt}")
-    path = args.json or (str(Path(os.environ["OUT"]) / "route_latency_prefix.json") if os.environ.get("OUT") else None)
-    if path:
-        Path(path).write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+    write_result(out, args.json, "route_latency_prefix.json")
     return out
 
 

@@ -384,6 +384,28 @@ def read_scores(decisions_path: str | Path, score_tokens: str | None = None) -> 
     return out
 
 
+def raw_scores(adapter, prompts, pool, ids: Sequence[str], *, device=None, quantize: str = "auto", batch_size: int = 8,
+               max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS, score_tokens: str | None = None,
+               say=print) -> list[dict[str, float]]:
+    """The adapter's own scores (no head) of each of ``prompts`` (``evaluate.load_prompts`` items), offered the
+    models of ``ids`` it has outcomes for, in that order: what ``fit-head`` fits on."""
+    from .router import LoRARouter, RouteItem
+
+    r = LoRARouter(None, adapter, mode="score", device=device, quantize=quantize, batch_size=batch_size, use_head=False,
+                   max_prompt_tokens=max_prompt_tokens, score_tokens=score_tokens)
+    scores = []
+    for s in range(0, len(prompts), 64):
+        chunk = prompts[s : s + 64]
+        sets = [pool.subset([m for m in ids if m in p.outcomes]) for p in chunk]
+        ds = r.route_items([RouteItem(p.prompt, p.prompt_id, p.dataset) for p in chunk], sets, 0.0)
+        for p, d in zip(chunk, ds):
+            if not d.valid:
+                raise HeadError(f"validation question {p.prompt_id}: the router gave no scores ({d.invalid_reason})")
+            scores.append(d.router_scores or d.base_scores)
+        say(f"  {min(s + 64, len(prompts))}/{len(prompts)}")
+    return scores
+
+
 def fit_head_from_cache(
     adapter: str | Path,
     val_cache: str | Path,
@@ -431,21 +453,9 @@ def fit_head_from_cache(
         scores = [{m: table[p.prompt_id][m] for m in ids if m in table[p.prompt_id]} for p in prompts]
         source = str(decisions)
     else:
-        from .router import LoRARouter, RouteItem
-
         say(f"scoring {len(prompts)} validation questions with {adapter} (no head)")
-        r = LoRARouter(None, adapter, mode="score", device=device, quantize=quantize, batch_size=batch_size, use_head=False,
-                       max_prompt_tokens=max_prompt_tokens, score_tokens=score_tokens)
-        scores = []
-        for s in range(0, len(prompts), 64):
-            chunk = prompts[s : s + 64]
-            sets = [the_pool.subset([m for m in ids if m in p.outcomes]) for p in chunk]
-            ds = r.route_items([RouteItem(p.prompt, p.prompt_id, p.dataset) for p in chunk], sets, 0.0)
-            for p, d in zip(chunk, ds):
-                if not d.valid:
-                    raise HeadError(f"validation question {p.prompt_id}: the router gave no scores ({d.invalid_reason})")
-                scores.append(d.router_scores or d.base_scores)
-            say(f"  {min(s + 64, len(prompts))}/{len(prompts)}")
+        scores = raw_scores(adapter, prompts, the_pool, ids, device=device, quantize=quantize, batch_size=batch_size,
+                            max_prompt_tokens=max_prompt_tokens, score_tokens=score_tokens, say=say)
         source = "scored by fit-head"
     correct = [{m: o.correct for m, o in p.outcomes.items() if m in ids} for p in prompts]
     costs = [{m: o.cost for m, o in p.outcomes.items() if m in ids} for p in prompts]

@@ -106,17 +106,12 @@ def _trie(actions: tuple[tuple[int, ...], ...]):
 
 def _template(actions):
     """``_trie`` of a decision's action lists, memoised on the list object the router reuses per offered set."""
-    hit = _TEMPLATES.get(id(actions))
-    if hit is not None and hit[0] is actions:
-        return hit[1]
-    t = _trie(tuple(tuple(x) for x in actions))
-    if len(_TEMPLATES) >= 256:
-        _TEMPLATES.clear()
-    _TEMPLATES[id(actions)] = (actions, t)
-    return t
+    from .prompting import identity_memo
+
+    return identity_memo(_TEMPLATES, (actions,), lambda: _trie(tuple(tuple(x) for x in actions)))
 
 
-_TEMPLATES: dict[int, tuple] = {}
+_TEMPLATES: dict[tuple, tuple] = {}
 
 
 def pack(m: int, tails, actions):

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .prompting import RouterPrompt, common_prefix_len, render_prompt
+from .prompting import RouterPrompt, common_prefix_len, identity_memo, render_prompt
 
 DEFAULT_PREFIX_CACHE_MB = 256.0
 _PROBES = ("x", "7 y")
@@ -40,6 +40,8 @@ _MARK = "\u27e6xrouter-question\u27e7"
 
 
 def _actions_lcp(actions) -> int:
+    """Tokens every candidate action starts with, leaving each at least one token of its own: the shared head a
+    decision's candidates are scored after (padded rows, packed rows and the trie alike)."""
     n = min(len(s) for s in actions)
     i = 0
     while i < n and all(s[i] == actions[0][i] for s in actions):
@@ -50,7 +52,7 @@ def _actions_lcp(actions) -> int:
 class PrefixFinder:
     """The question-independent token prefix of a router prompt, per (system text, tools), memoised (bounded)."""
 
-    _tools_json: dict[int, tuple] = {}  # id(tool list) -> (that list, its JSON): shared by every finder, bounded
+    _tools_json: dict[tuple, tuple] = {}  # a tool list's identity -> its JSON (prompting.identity_memo), shared
 
     def __init__(self, tokenizer, max_entries: int = 1024):
         self.tokenizer = tokenizer
@@ -64,13 +66,9 @@ class PrefixFinder:
         key = prompt.__dict__.get("_static_key")
         if key is None:
             # prompts built from one offered set share its tool list (prompting._tools_of): serialised once per list
-            memo = PrefixFinder._tools_json
-            hit = memo.get(id(prompt.tools))
-            if hit is None or hit[0] is not prompt.tools:
-                if len(memo) >= 256:
-                    memo.clear()
-                hit = memo[id(prompt.tools)] = (prompt.tools, json.dumps(prompt.tools, sort_keys=True, ensure_ascii=False))
-            key = json.dumps(prompt.messages[:-1], sort_keys=True, ensure_ascii=False) + "\x1f" + hit[1]
+            tools = identity_memo(PrefixFinder._tools_json, (prompt.tools,),
+                                  lambda: json.dumps(prompt.tools, sort_keys=True, ensure_ascii=False))
+            key = json.dumps(prompt.messages[:-1], sort_keys=True, ensure_ascii=False) + "\x1f" + tools
             prompt.__dict__["_static_key"] = key
         return key
 

@@ -174,22 +174,29 @@ def build_router_prompt(query: str | Sequence[dict[str, Any]], offered: Sequence
     return RouterPrompt(messages=messages, tools=tools, offered=ids, tool_to_model=dict(tool_to_model))
 
 
+def identity_memo(table: dict, objs: tuple, build, bound: int = 256):
+    """``build()``, memoised in ``table`` on the identity of the objects ``objs`` (kept in the table, so their ids
+    are not reused while it holds them); at ``bound`` entries the table starts over. For values derived from
+    objects the hot path reuses as they are (an offered set's specs, a tool list, action token lists)."""
+    key = tuple(map(id, objs))
+    hit = table.get(key)
+    if hit is not None and len(hit[0]) == len(objs) and all(a is b for a, b in zip(hit[0], objs)):
+        return hit[1]
+    value = build()
+    if len(table) >= bound:
+        table.clear()
+    table[key] = (objs, value)
+    return value
+
+
 _TOOLS_MEMO: dict[tuple[int, ...], tuple] = {}
 
 
 def _tools_of(offered: Sequence[ModelSpec]):
     """The tool list of an offered set, built once per set of (frozen) ModelSpec objects and shared by the prompts
     built from it (never mutated: renderers copy): a batch of decisions builds it once, not once per question."""
-    key = tuple(id(m) for m in offered)
-    hit = _TOOLS_MEMO.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], offered)):
-        return hit[1], hit[2]
-    tools = [tool_schema(m) for m in offered]
-    tool_to_model = {m.tool_name: m.id for m in offered}
-    if len(_TOOLS_MEMO) >= 256:
-        _TOOLS_MEMO.clear()
-    _TOOLS_MEMO[key] = (tuple(offered), tools, tool_to_model)
-    return tools, tool_to_model
+    return identity_memo(_TOOLS_MEMO, tuple(offered),
+                         lambda: ([tool_schema(m) for m in offered], {m.tool_name: m.id for m in offered}))
 
 
 def action_text(model_id: str) -> str:

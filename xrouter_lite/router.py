@@ -45,7 +45,7 @@ from .routing import (  # noqa: F401  (re-exported: the names this module always
 BaseRouter = Router
 CostAwareRouter = Router
 
-from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixScorer  # noqa: E402
+from .prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixScorer, _actions_lcp  # noqa: E402
 
 
 # ---- baselines ------------------------------------------------------------------------------------------------------
@@ -417,14 +417,6 @@ def _is_4bit(model) -> bool:
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_quantized", False))
 
 
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    i = 0
-    while i < n and all(s[i] == seqs[0][i] for s in seqs):
-        i += 1
-    return i
-
-
 class LoRARouter(CostAwareRouter):
     """The trained router: base model + LoRA adapter, shown the shared router prompt (``prompting``).
 
@@ -596,7 +588,7 @@ class LoRARouter(CostAwareRouter):
         prefix length and the packed length dynamic (9 s); after that no offered set or batch size compiles again
         (``bench/flex_compile.py``, docs/BENCHMARKS.md)."""
         offered = list(offered)
-        self.route_batch(["warm-up: what is 2+2?"], [offered])
+        super().warm_up(offered)
         n = min(self.batch_size, 8)  # 8 decisions: a packed sequence of several mask blocks, as real batches have
         if self.prefix_scorer is not None and self.prefix_scorer.flex and n > 1:  # (one block compiles a special case)
             q = [f"warm-up question {i}: what is {i} + {i}? Answer with a number only, please." for i in range(n)]
@@ -681,7 +673,7 @@ class LoRARouter(CostAwareRouter):
     def _pack(prompts, actions):
         """Shared layout: per query the head (prompt + the action tokens all candidates share) and the packed
         remaining tokens of every candidate (all but each one's last), with candidate index and offset."""
-        lcps = [min(_common_prefix_len(a), min(len(x) for x in a) - 1) for a in actions]
+        lcps = [_actions_lcp(a) for a in actions]
         heads = [p + a[0][:l] for p, a, l in zip(prompts, actions, lcps)]
         rows = []
         for a, l in zip(actions, lcps):
@@ -772,7 +764,7 @@ class LoRARouter(CostAwareRouter):
         torch = self._torch
         dev = self.device
         B = len(prompts)
-        lcps = [min(_common_prefix_len(a), min(len(x) for x in a) - 1) for a in actions]
+        lcps = [_actions_lcp(a) for a in actions]
         heads = [p + a[0][:l] for p, a, l in zip(prompts, actions, lcps)]
         ids, mask = self._left_padded(heads)
         P = ids.shape[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,10 +81,8 @@ class DecisionBatcher:
             return
         t0 = time.perf_counter()
         try:
-            warm = getattr(self.router, "warm_up", None)
-            if warm is None:  # a duck-typed router: one decision
-                def warm(off):
-                    return self.router.route_batch(["warm-up: what is 2+2?"], [list(off)], None)
+            # a duck-typed router (route_batch only) gets the interface's default: one decision
+            warm = getattr(self.router, "warm_up", None) or functools.partial(BaseRouter.warm_up, self.router)
             await asyncio.get_running_loop().run_in_executor(self._executor, warm, list(offered))
             log.info("router warm-up took %.2f s", time.perf_counter() - t0)
         except Exception as e:
