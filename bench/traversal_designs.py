@@ -9,6 +9,9 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz cv           # C per model by weighted 5-fold log-loss
     python bench/traversal_designs.py FULL --emb-cache EMB.npz prune        # drop models from the cost-ordered part
     python bench/traversal_designs.py FULL --emb-cache EMB.npz strata       # exploration by where the traversal stopped
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz multitask    # one joint logistic regression of all models
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz nested       # dear dominated models explored on fewer rows
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz text         # plain text statistics next to the embedding
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -17,6 +20,7 @@ Every arm weighs a model's explored rows where a cheaper model was right by 1 / 
 ``prune`` (sixth session): the cost-ordered part skips the models the explored rows show ``dominated`` (a model no
 dearer was right as often) or not ``paying`` (greedy: dropping it lowers the traversal's cost on the explored rows),
 and the money saved buys a larger exploration sample at the 8% design's cost of the same draw.
+``multitask``, ``text`` (ninth session): other recipes, in both arms (the full-cache reference changes too).
 Prints each fold's gap (full-cache AIQ minus the arm's) and the mean over splits, folds and draws.
 """
 
@@ -88,11 +92,11 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata", "multitask", "nested", "text"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
-    _, models, ids, Y, Cq, E = label_matrices(a.full, a.emb_cache)
+    full, models, ids, Y, Cq, E = label_matrices(a.full, a.emb_cache)
     M = len(models)
 
     def u(*parts):
@@ -198,6 +202,22 @@ def main() -> None:
                 L[k] = True
         return L, p
 
+    def traverse_nested(rows, e_hi, e_lo, seed, dear_share=0.5):
+        """Question-level exploration in two nested layers: the models whose mean cost is at least ``dear_share`` of
+        the dearest one's, except the most accurate model on the inner layer's rows, are explored on the questions of
+        the inner layer only (rate ``e_lo``); every other model on the outer layer (rate ``e_hi``; inner within it).
+        The dear dominated models (claude-v1, claude-v2 here: half of the full traversal's cost) are explored less and
+        the money buys a larger sample of the others. Returns the label mask and the models of the inner layer."""
+        cpq = Cq[rows].mean(0)
+        L = base_mask(rows, np.argsort(cpq))
+        uu = np.array([u("n", seed, ids[r]) for r in rows])
+        inner, outer = uu < e_lo, uu < e_hi
+        top = int(np.argmax(Y[np.array(rows)[inner]].mean(0))) if inner.any() else int(np.argmax(cpq))
+        dear = (cpq >= dear_share * cpq.max()) & (np.arange(M) != top)
+        L[outer] |= ~dear
+        L[inner] = True
+        return L, dear
+
     def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0, prop=None, poststrat=False):
         """``prop``: each row's known exploration probability (weights 1 / p on the explored rows of A_m);
         ``poststrat``: the explored share of A_m taken per stratum of the cheapest correct model, not overall."""
@@ -258,6 +278,49 @@ def main() -> None:
             P[:, m] = soft_logistic(E[rows[sel]], t[sel], C)(E[test])
         return P
 
+    def predict_mt(rows, L, test, a=1.0, b=1.0, C=1.0):
+        """Multi-task logistic regression of every model's label at once: z = c_m + x (w0 + W_m), penalty
+        a |w0|^2 / 2 + b sum |W_m|^2 / 2, the loss of each known (question, model) label weighted as ``predict``
+        weighs it (1 / explored share on the explored rows where a cheaper model was right). The shared direction w0
+        learns from every model's labels, so the dear models' classifiers borrow from the rows the cheap ones have.
+        a = inf, b = 1 is ``predict`` (C 1) exactly."""
+        from scipy.optimize import minimize
+
+        rows, cpq = np.array(rows), Cq[rows].mean(0)
+        X, Yr = E[rows], Y[rows].astype(float)
+        Wt = np.zeros((len(rows), M))
+        for m in range(M):
+            lab, A = L[:, m], cheaper_right(rows, cpq, m)
+            w = np.ones(len(rows))
+            if A.any() and lab[A].mean() > 0:
+                w[A] = 1.0 / lab[A].mean()
+            Wt[:, m] = np.where(lab, w, 0.0)
+        d = X.shape[1]
+        shared = np.isfinite(a)
+
+        def unpack(th):
+            W = th[:d * M].reshape(d, M)
+            c = th[d * M:d * M + M]
+            w0 = th[d * M + M:] if shared else np.zeros(d)
+            return W, c, w0
+
+        def f(th):
+            W, c, w0 = unpack(th)
+            z = X @ (W + w0[:, None]) + c
+            R = C * Wt * (1 / (1 + np.exp(-z)) - Yr)
+            loss = C * np.sum(Wt * (np.logaddexp(0, z) - Yr * z)) + 0.5 * b * np.sum(W * W)
+            gW, gc = X.T @ R + b * W, R.sum(0)
+            g = [gW.ravel(), gc]
+            if shared:
+                loss += 0.5 * a * w0 @ w0
+                g.append(X.T @ R.sum(1) + a * w0)
+            return loss, np.concatenate(g)
+
+        th = minimize(f, np.zeros(d * M + M + (d if shared else 0)), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 5000, "gtol": 1e-7}).x
+        W, c, w0 = unpack(th)
+        return 1 / (1 + np.exp(-(E[test] @ (W + w0[:, None]) + c)))
+
     def aiq(P, test, rows):
         cpq = Cq[rows].mean(0)
         cvec = {m: cpq[j] / cpq.max() for j, m in enumerate(models)}
@@ -272,9 +335,33 @@ def main() -> None:
         "cv": {"C1": {}, "Ccv": {"cv": [0.1, 0.3, 1.0, 3.0]}},
         "prune": {"C1": {}, "prune-w1": {"pruned_w": 1.0}, "prune-wshare": {"pruned_w": 0.0},
                   "pay-w1": {"pruned_w": 1.0, "rule": "paying"}, "pay-wshare": {"pruned_w": 0.0, "rule": "paying"}},
+        "multitask": {"C1": {}, "mt-inf-1": {"mt": (np.inf, 1.0)}, "mt-1-3": {"mt": (1.0, 3.0)},
+                      "mt-1-10": {"mt": (1.0, 10.0)}, "mt-0.3-3": {"mt": (0.3, 3.0)}, "mt-3-30": {"mt": (3.0, 30.0)}},
+        "nested": {"C1": {}, "nest-0.02": {"e_lo": 0.02}, "nest-0.04": {"e_lo": 0.04}, "nest-0.06": {"e_lo": 0.06}},
+        "text": {"C1": {}, "text0.1": {"text": 0.1}, "text0.3": {"text": 0.3}},
         "strata": {"C1": {}, "poststrat": {"poststrat": True}, "strata-b1": {"beta": 1.0}, "strata-b0.5": {"beta": 0.5},
                    "strata-b2": {"beta": 2.0}},
     }[a.what]
+    E0 = E
+    S = None
+
+    def fit(rows, L, test, **kw):
+        nonlocal E, S
+        if "text" in kw:  # the five plain text statistics of bench/text_features.py next to the embedding, weight w
+            from text_features import text_stats
+
+            if S is None:
+                S = np.array([text_stats(p.prompt) for p in full])
+            mu, sd = S[rows].mean(0), S[rows].std(0) + 1e-9
+            E = np.hstack([E0, kw.pop("text") * (S - mu) / sd])
+            try:
+                return fit(rows, L, test, **kw)
+            finally:
+                E = E0
+        if "mt" in kw:
+            return predict_mt(rows, L, test, *kw["mt"])
+        return predict_dr(rows, L, test, kw["dr"]) if "dr" in kw else predict(rows, L, test, **kw)
+
     n_draws = 2 if a.what == "designs" else 3  # exploration seeds s, s + 10 (, s + 20)
     res: dict[str, list[float]] = {}
     for s in a.seeds:
@@ -286,8 +373,8 @@ def main() -> None:
             n = len(perm) // 5
             tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
             af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
-            af_of = {k: aiq(predict(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
-                     for k, spec in arms.items() if a.what == "cv" and spec}
+            af_of = {k: aiq(fit(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
+                     for k, spec in arms.items() if a.what in ("cv", "multitask", "text") and spec}
             if af_of:
                 print(f"split {s} fold {f}: full-cache AIQ C1 {af:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in af_of.items()), flush=True)
             L0 = traverse(tr, ("q", 0.08), s)
@@ -311,12 +398,19 @@ def main() -> None:
                         t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
                         L, prop = traverse_strata(tr, t_es, spec["beta"], es)
                         kw = {"prop": prop}
+                    elif a.what == "nested" and "e_lo" in spec:  # the largest outer layer within the 8% design's cost
+                        t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
+                        fits = [(x, traverse_nested(tr, x, spec["e_lo"], es)) for x in np.arange(0.08, 0.4, 0.005)]
+                        fits = [(x, t) for x, t in fits if (Cq[tr] * t[0]).sum() / Cq[tr].sum() <= t_es]
+                        e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es))
+                        print(f"  nested: outer {e_hi:.3f} inner {spec['e_lo']} dear {[models[j] for j in np.where(dear)[0]]}")
+                        kw = {}
                     elif a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
                         kw = {}
                     else:
                         L, kw = traverse(tr, ("q", 0.08), es), spec
-                    P = predict_dr(tr, L, te, kw["dr"]) if "dr" in kw else predict(tr, L, te, **kw)
+                    P = fit(tr, L, te, **kw)
                     g = af_of.get(k, af) - aiq(P, te, tr)
                     res.setdefault(k, []).append(g)
                     share = (Cq[tr] * L).sum() / Cq[tr].sum()
