@@ -13,6 +13,7 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz nested       # dear dominated models explored on fewer rows
     python bench/traversal_designs.py FULL --emb-cache EMB.npz text         # plain text statistics next to the embedding
     python bench/traversal_designs.py FULL --emb-cache EMB.npz pca          # the embedding on its top principal directions
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz cstar        # + where the first correct answer came, predicted
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -21,7 +22,7 @@ Every arm weighs a model's explored rows where a cheaper model was right by 1 / 
 ``prune`` (sixth session): the cost-ordered part skips the models the explored rows show ``dominated`` (a model no
 dearer was right as often) or not ``paying`` (greedy: dropping it lowers the traversal's cost on the explored rows),
 and the money saved buys a larger exploration sample at the 8% design's cost of the same draw.
-``multitask``, ``text``, ``pca`` (ninth session): other recipes, in both arms (the full-cache reference changes too).
+``multitask``, ``text``, ``pca``, ``cstar`` (ninth session): other recipes, in both arms (the full-cache reference changes too).
 Prints each fold's gap (full-cache AIQ minus the arm's) and the mean over splits, folds and draws.
 """
 
@@ -93,7 +94,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata", "multitask", "nested", "text", "pca"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata", "multitask", "nested", "text", "pca", "cstar"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -341,6 +342,7 @@ def main() -> None:
         "nested": {"C1": {}, "nest-0.02": {"e_lo": 0.02}, "nest-0.04": {"e_lo": 0.04}, "nest-0.06": {"e_lo": 0.06}},
         "text": {"C1": {}, "text0.1": {"text": 0.1}, "text0.3": {"text": 0.3}},
         "pca": {"C1": {}, "pca16": {"pca": 16}, "pca32": {"pca": 32}, "pca64": {"pca": 64}, "pca128": {"pca": 128}},
+        "cstar": {"C1": {}, "cstar0.3": {"cstar": 0.3}, "cstar1": {"cstar": 1.0}},
         "strata": {"C1": {}, "poststrat": {"poststrat": True}, "strata-b1": {"beta": 1.0}, "strata-b0.5": {"beta": 0.5},
                    "strata-b2": {"beta": 2.0}},
     }[a.what]
@@ -356,6 +358,26 @@ def main() -> None:
                 S = np.array([text_stats(p.prompt) for p in full])
             mu, sd = S[rows].mean(0), S[rows].std(0) + 1e-9
             E = np.hstack([E0, kw.pop("text") * (S - mu) / sd])
+            try:
+                return fit(rows, L, test, **kw)
+            finally:
+                E = E0
+        if "cstar" in kw:  # + P(the first correct model in cost order is among the k cheapest | x), k = 1..M-1:
+            w = kw.pop("cstar")  # known for every question of either cache; cross-fitted on the training rows
+            from sklearn.model_selection import KFold
+
+            r_ = np.array(rows)
+            order = np.argsort(Cq[r_].mean(0))
+            pos = np.array([next((i for i, m in enumerate(order) if Y[r, m]), M) for r in r_])
+            F = np.zeros((len(E0), M - 1))
+            test_a = np.array(test)
+            for k in range(M - 1):
+                y = (pos <= k).astype(int)
+                F[test_a, k] = correctness_classifier(E0[r_], y)(E0[test_a])
+                for tr_i, va_i in KFold(5, shuffle=True, random_state=k).split(r_):
+                    F[r_[va_i], k] = correctness_classifier(E0[r_[tr_i]], y[tr_i])(E0[r_[va_i]])
+            F = np.log(np.clip(F, 1e-4, 1 - 1e-4) / (1 - np.clip(F, 1e-4, 1 - 1e-4)))
+            E = np.hstack([E0, w * F / 4])
             try:
                 return fit(rows, L, test, **kw)
             finally:
@@ -385,7 +407,7 @@ def main() -> None:
             tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
             af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
             af_of = {k: aiq(fit(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
-                     for k, spec in arms.items() if a.what in ("cv", "multitask", "text", "pca") and spec}
+                     for k, spec in arms.items() if a.what in ("cv", "multitask", "text", "pca", "cstar") and spec}
             if af_of:
                 print(f"split {s} fold {f}: full-cache AIQ C1 {af:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in af_of.items()), flush=True)
             L0 = traverse(tr, ("q", 0.08), s)
