@@ -66,8 +66,10 @@ def main() -> None:
                 curves[f"table, {name}"] = curve(name, [(x, t.policy(pr, x, cfg.max_calls)) for x in LOGISTIC_TAUS], te,
                                                  cfg.max_calls)["points"]
 
+        cost6 = np.array([[q.outcomes[m].cost for m in MODELS] for q in te])  # the six models' range, once a split
+
         def aiq_of(k, idx):
-            c = np.array([[q.outcomes[m].cost for m in MODELS] for q in te])[idx].sum(axis=0)
+            c = cost6[idx].sum(axis=0)
             return aiq([(x["_cost"][idx].sum(), x["_ok"][idx].mean()) for x in curves[k]], float(c.min()), float(c.max()))
 
         full = np.arange(len(te))

@@ -220,6 +220,14 @@ def main() -> None:
         L[inner] = True
         return L, dear
 
+    def share_weights(lab, A, clip=None):
+        """1 on every row; on the rows of A_m (a cheaper model right) 1 / (their explored share), capped at ``clip``:
+        the inverse-propensity weights of the 8% design (``lab``: m's label known)."""
+        w = np.ones(len(lab))
+        if A.any() and lab[A].mean() > 0:
+            w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
+        return w
+
     def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0, prop=None, poststrat=False):
         """``prop``: each row's known exploration probability (weights 1 / p on the explored rows of A_m);
         ``poststrat``: the explored share of A_m taken per stratum of the cheapest correct model, not overall."""
@@ -232,19 +240,20 @@ def main() -> None:
                 P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], C, sample_weight=w)(E[test])
                 continue
             lab, A = L[:, m], cheaper_right(rows, cpq, m, called)
-            w = np.ones(len(rows))
             if prop is not None:
+                w = np.ones(len(rows))
                 ex = A & lab
                 w[ex] = 1.0 / prop[ex]
             elif poststrat:
+                w = np.ones(len(rows))
                 order = np.argsort(cpq)
                 cstar = np.array([next((j for j in order if Y[r, j]), -1) for r in rows])
                 for c in set(cstar[A].tolist()):
                     st = A & (cstar == c)
                     if lab[st].any():
                         w[st] = 1.0 / lab[st].mean()
-            elif A.any() and lab[A].mean() > 0:
-                w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
+            else:
+                w = share_weights(lab, A, clip)
             sel = np.where(lab)[0]
             c = choose_c(E[rows[sel]], Y[rows[sel], m], w[sel], cv) if cv else C
             P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], c, sample_weight=w[sel])(E[test])
@@ -290,13 +299,8 @@ def main() -> None:
 
         rows, cpq = np.array(rows), Cq[rows].mean(0)
         X, Yr = E[rows], Y[rows].astype(float)
-        Wt = np.zeros((len(rows), M))
-        for m in range(M):
-            lab, A = L[:, m], cheaper_right(rows, cpq, m)
-            w = np.ones(len(rows))
-            if A.any() and lab[A].mean() > 0:
-                w[A] = 1.0 / lab[A].mean()
-            Wt[:, m] = np.where(lab, w, 0.0)
+        Wt = np.stack([np.where(L[:, m], share_weights(L[:, m], cheaper_right(rows, cpq, m)), 0.0) for m in range(M)],
+                      axis=1)
         d = X.shape[1]
         shared = np.isfinite(a)
 
@@ -348,23 +352,20 @@ def main() -> None:
     }[a.what]
     E0 = E
     S = None
+    RECIPES = ("cv", "mt", "text", "pca", "cstar")  # arm keys that change the recipe, so the full-cache reference too
 
-    def fit(rows, L, test, **kw):
-        nonlocal E, S
-        if "text" in kw:  # the five plain text statistics of bench/text_features.py next to the embedding, weight w
+    def features(rows, test, kind, w):
+        """The embedding with more features (``text``, ``cstar``) or projected (``pca``), fitted on ``rows``."""
+        nonlocal S
+        if kind == "text":  # the five plain text statistics of bench/text_features.py, standardised, weight w
             from text_features import text_stats
 
             if S is None:
                 S = np.array([text_stats(p.prompt) for p in full])
             mu, sd = S[rows].mean(0), S[rows].std(0) + 1e-9
-            E = np.hstack([E0, kw.pop("text") * (S - mu) / sd])
-            try:
-                return fit(rows, L, test, **kw)
-            finally:
-                E = E0
-        if "cstar" in kw:  # + P(the first correct model in cost order is among the k cheapest | x), k = 1..M-1:
-            w = kw.pop("cstar")  # known for every question of either cache; cross-fitted on the training rows
-            from sklearn.model_selection import KFold
+            return np.hstack([E0, w * (S - mu) / sd])
+        if kind == "cstar":  # + P(the first correct model in cost order is among the k cheapest | x), k = 1..M-1:
+            from sklearn.model_selection import KFold  # known on every question of either cache; cross-fitted
 
             r_ = np.array(rows)
             order = np.argsort(Cq[r_].mean(0))
@@ -377,16 +378,17 @@ def main() -> None:
                 for tr_i, va_i in KFold(5, shuffle=True, random_state=k).split(r_):
                     F[r_[va_i], k] = correctness_classifier(E0[r_[tr_i]], y[tr_i])(E0[r_[va_i]])
             F = np.log(np.clip(F, 1e-4, 1 - 1e-4) / (1 - np.clip(F, 1e-4, 1 - 1e-4)))
-            E = np.hstack([E0, w * F / 4])
-            try:
-                return fit(rows, L, test, **kw)
-            finally:
-                E = E0
-        if "pca" in kw:  # the embedding projected on its top principal directions (fitted on the training rows)
-            k = kw.pop("pca")
-            mu = E0[rows].mean(0)
-            _, _, vt = np.linalg.svd(E0[rows] - mu, full_matrices=False)
-            E = (E0 - mu) @ vt[:k].T
+            return np.hstack([E0, w * F / 4])
+        mu = E0[rows].mean(0)  # pca: the top w principal directions of the training rows
+        _, _, vt = np.linalg.svd(E0[rows] - mu, full_matrices=False)
+        return (E0 - mu) @ vt[:w].T
+
+    def fit(rows, L, test, **kw):
+        """An arm's router on label mask ``L``: its features (``features``) swapped in for the fit, then its estimator."""
+        nonlocal E
+        kind = next((k for k in ("text", "cstar", "pca") if k in kw), None)
+        if kind is not None:
+            E = features(rows, test, kind, kw.pop(kind))
             try:
                 return fit(rows, L, test, **kw)
             finally:
@@ -407,18 +409,22 @@ def main() -> None:
             tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
             af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
             af_of = {k: aiq(fit(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
-                     for k, spec in arms.items() if a.what in ("cv", "multitask", "text", "pca", "cstar") and spec}
+                     for k, spec in arms.items() if spec.keys() & set(RECIPES)}
             if af_of:
                 print(f"split {s} fold {f}: full-cache AIQ C1 {af:.4f} " + " ".join(f"{k} {v:.4f}" for k, v in af_of.items()), flush=True)
-            L0 = traverse(tr, ("q", 0.08), s)
-            target = (Cq[tr] * L0).sum() / Cq[tr].sum()
+
+            def cost_share(L):
+                """Share of the fold's full-traversal cost that the label mask ``L`` (rows ``tr``) pays."""
+                return (Cq[tr] * L).sum() / Cq[tr].sum()
+
+            target = cost_share(traverse(tr, ("q", 0.08), s))
             for es in range(s, s + 10 * n_draws, 10):
+                t_es = cost_share(traverse(tr, ("q", 0.08), es))  # this draw's cost of the 8% design
                 if a.what == "prune":  # per rule, the largest exploration within this draw's cost of the 8% design
-                    t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
                     chosen = {}
                     for rule in ("dominated", "paying"):
                         fits = [(x, traverse_pruned(tr, x, es, rule)) for x in np.arange(0.08, 0.2, 0.0025)]
-                        fits = [(x, t) for x, t in fits if (Cq[tr] * t[0]).sum() / Cq[tr].sum() <= t_es]
+                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= t_es]
                         chosen[rule] = fits[-1] if fits else (0.08, traverse_pruned(tr, 0.08, es, rule))
                 for k, spec in arms.items():
                     if a.what == "prune" and k != "C1":
@@ -428,13 +434,11 @@ def main() -> None:
                         kw = dict(spec, called=called)
                         print(f"  {rule}: explore {e:.4f}, not called {[models[j] for j in np.where(~called)[0]]}")
                     elif a.what == "strata" and "beta" in spec:  # at this draw's cost of the 8% design
-                        t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
                         L, prop = traverse_strata(tr, t_es, spec["beta"], es)
                         kw = {"prop": prop}
                     elif a.what == "nested" and "e_lo" in spec:  # the largest outer layer within the 8% design's cost
-                        t_es = (Cq[tr] * traverse(tr, ("q", 0.08), es)).sum() / Cq[tr].sum()
                         fits = [(x, traverse_nested(tr, x, spec["e_lo"], es)) for x in np.arange(0.08, 0.4, 0.005)]
-                        fits = [(x, t) for x, t in fits if (Cq[tr] * t[0]).sum() / Cq[tr].sum() <= t_es]
+                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= t_es]
                         e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es))
                         print(f"  nested: outer {e_hi:.3f} inner {spec['e_lo']} dear {[models[j] for j in np.where(dear)[0]]}")
                         kw = {}
@@ -446,7 +450,7 @@ def main() -> None:
                     P = fit(tr, L, te, **kw)
                     g = af_of.get(k, af) - aiq(P, te, tr)
                     res.setdefault(k, []).append(g)
-                    share = (Cq[tr] * L).sum() / Cq[tr].sum()
+                    share = cost_share(L)
                     print(f"split {s} fold {f} draw {es} {k}: cost share {share:.3f} gap {g:+.4f}", flush=True)
     for k, g in res.items():
         print(f"{k}: mean gap {np.mean(g):+.4f} (sd {np.std(g):.4f}, n {len(g)})")
