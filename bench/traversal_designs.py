@@ -14,6 +14,11 @@ part), not the cache command's replay (bench/traversal_draws.py is that).
     python bench/traversal_designs.py FULL --emb-cache EMB.npz text         # plain text statistics next to the embedding
     python bench/traversal_designs.py FULL --emb-cache EMB.npz pca          # the embedding on its top principal directions
     python bench/traversal_designs.py FULL --emb-cache EMB.npz cstar        # + where the first correct answer came, predicted
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz explore      # question-level exploration 6% ... 12%
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz swap         # diagnostic: which models' labels the gap is
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz tiers        # cheap models explored on more questions
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz tierfix      # the same at fixed rates, 12 draws a fold
+    python bench/traversal_designs.py FULL --emb-cache EMB.npz subsample    # no cost-ordered part: full rows only
 
 Designs (same expected cost as the question-level 8% exploration of the fold): ``q0.08`` explores 8% of the questions
 fully (the cache's ``--explore``); ``aX`` explores each skipped (question, model) with probability
@@ -23,6 +28,13 @@ Every arm weighs a model's explored rows where a cheaper model was right by 1 / 
 dearer was right as often) or not ``paying`` (greedy: dropping it lowers the traversal's cost on the explored rows),
 and the money saved buys a larger exploration sample at the 8% design's cost of the same draw.
 ``multitask``, ``text``, ``pca``, ``cstar`` (ninth session): other recipes, in both arms (the full-cache reference changes too).
+Tenth session: ``explore`` sweeps the exploration fraction; ``swap`` (a diagnostic, not a design) replaces the
+classifiers of one model, of the eight cheap ones or of the three dear ones (mean cost >= half the dearest's) on the 8%
+design by the full cache's, to see whose missing labels the gap is made of; ``tiers`` explores the three dear models on
+a fraction e_lo of the questions and the eight cheap ones on the largest layer e_hi (nested, the cache's own draw) that
+keeps the cost of the same draw's 8% design (``tier-0.08`` is the 8% design itself); ``tierfix`` fixes (e_lo, e_hi) as
+a cache command would, over 12 draws a fold; ``subsample`` spends the 8% design's cost on full rows of a random
+sample only (no cost-ordered part; unweighted): what the money buys without the traversal.
 Prints each fold's gap (full-cache AIQ minus the arm's) and the mean over splits, folds and draws.
 """
 
@@ -94,7 +106,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("full", type=Path)
-    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata", "multitask", "nested", "text", "pca", "cstar"])
+    ap.add_argument("what", choices=["designs", "estimators", "dr", "cv", "prune", "strata", "multitask", "nested", "text", "pca", "cstar", "explore", "swap", "tiers", "tierfix", "subsample", "truncate"])
     ap.add_argument("--emb-cache", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     a = ap.parse_args()
@@ -103,6 +115,12 @@ def main() -> None:
 
     def u(*parts):
         return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big") / 2**64
+
+    def explore_u(pid, seed):
+        """The uniform number behind ``traversal.is_explored`` (explored at fraction e iff below e): nested layers on
+        the cache's own draw, so an arm and the 8% design share their random numbers."""
+        h = hashlib.sha256(f"explore\x1f{seed}\x1f{pid}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
 
     def base_mask(rows, order):
         L = np.zeros((len(rows), M), bool)
@@ -204,7 +222,7 @@ def main() -> None:
                 L[k] = True
         return L, p
 
-    def traverse_nested(rows, e_hi, e_lo, seed, dear_share=0.5):
+    def traverse_nested(rows, e_hi, e_lo, seed, dear_share=0.5, keep_top=True):
         """Question-level exploration in two nested layers: the models whose mean cost is at least ``dear_share`` of
         the dearest one's, except the most accurate model on the inner layer's rows, are explored on the questions of
         the inner layer only (rate ``e_lo``); every other model on the outer layer (rate ``e_hi``; inner within it).
@@ -212,10 +230,10 @@ def main() -> None:
         the money buys a larger sample of the others. Returns the label mask and the models of the inner layer."""
         cpq = Cq[rows].mean(0)
         L = base_mask(rows, np.argsort(cpq))
-        uu = np.array([u("n", seed, ids[r]) for r in rows])
+        uu = np.array([u("n", seed, ids[r]) if keep_top else explore_u(ids[r], seed) for r in rows])
         inner, outer = uu < e_lo, uu < e_hi
         top = int(np.argmax(Y[np.array(rows)[inner]].mean(0))) if inner.any() else int(np.argmax(cpq))
-        dear = (cpq >= dear_share * cpq.max()) & (np.arange(M) != top)
+        dear = (cpq >= dear_share * cpq.max()) & ((np.arange(M) != top) | (not keep_top))
         L[outer] |= ~dear
         L[inner] = True
         return L, dear
@@ -228,7 +246,8 @@ def main() -> None:
             w[A] = min(1.0 / lab[A].mean(), clip or np.inf)
         return w
 
-    def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0, prop=None, poststrat=False):
+    def predict(rows, L, test, C=1.0, clip=None, cv=None, called=None, pruned_w=1.0, prop=None, poststrat=False,
+                norm=False):
         """``prop``: each row's known exploration probability (weights 1 / p on the explored rows of A_m);
         ``poststrat``: the explored share of A_m taken per stratum of the cheapest correct model, not overall."""
         rows, cpq = np.array(rows), Cq[rows].mean(0)
@@ -255,6 +274,8 @@ def main() -> None:
             else:
                 w = share_weights(lab, A, clip)
             sel = np.where(lab)[0]
+            if norm:  # weights to mean 1 over the rows known: the penalty weighs as for that many plain rows
+                w = w * len(sel) / w[sel].sum()
             c = choose_c(E[rows[sel]], Y[rows[sel], m], w[sel], cv) if cv else C
             P[:, m] = correctness_classifier(E[rows[sel]], Y[rows[sel], m], c, sample_weight=w[sel])(E[test])
         return P
@@ -347,6 +368,17 @@ def main() -> None:
         "text": {"C1": {}, "text0.1": {"text": 0.1}, "text0.3": {"text": 0.3}},
         "pca": {"C1": {}, "pca16": {"pca": 16}, "pca32": {"pca": 32}, "pca64": {"pca": 64}, "pca128": {"pca": 128}},
         "cstar": {"C1": {}, "cstar0.3": {"cstar": 0.3}, "cstar1": {"cstar": 1.0}},
+        "tiers": {"C1": {}, **{f"tier-{e}": {"e_lo": e, "tiers": True} for e in (0.08, 0.07, 0.06, 0.05, 0.04)}},
+        "tierfix": {"C1": {}, "q0.09": {"e": 0.09},
+                    **{f"tier-{lo}-{hi}": {"e_lo": lo, "e_hi": hi} for lo, hi in ((0.06, 0.15), (0.06, 0.18), (0.06, 0.2),
+                                                                                 (0.07, 0.15), (0.05, 0.2))}},
+        "explore": {f"q{e:.2f}": {"e": e} for e in (0.06, 0.07, 0.08, 0.09, 0.10, 0.12)},
+        "subsample": {"C1": {}, "sub": {"sub": True}, "norm": {"norm": True}},
+        "truncate": {"C1": {}, "norm": {"norm": True}, "sub": {"sub": True},
+                     **{f"trunc{k}{n}": {"trunc": k, "norm": bool(n)} for k in (2, 3, 5, 8) for n in ("", "-norm")}},
+        "swap": {"C1": {}, **{f"swap-{m.split('/')[-1]}": {"swap": [j]} for j, m in enumerate(models)},
+                 "swap-cheap8": {"swap": list(np.argsort(Cq.mean(0))[:-3])},
+                 "swap-dear3": {"swap": list(np.argsort(Cq.mean(0))[-3:])}},
         "strata": {"C1": {}, "poststrat": {"poststrat": True}, "strata-b1": {"beta": 1.0}, "strata-b0.5": {"beta": 0.5},
                    "strata-b2": {"beta": 2.0}},
     }[a.what]
@@ -397,7 +429,7 @@ def main() -> None:
             return predict_mt(rows, L, test, *kw["mt"])
         return predict_dr(rows, L, test, kw["dr"]) if "dr" in kw else predict(rows, L, test, **kw)
 
-    n_draws = 2 if a.what == "designs" else 3  # exploration seeds s, s + 10 (, s + 20)
+    n_draws = {"designs": 2, "tiers": 6, "tierfix": 12, "subsample": 12, "truncate": 6}.get(a.what, 3)  # exploration seeds s, s + 10 (, s + 20)
     res: dict[str, list[float]] = {}
     for s in a.seeds:
         held = split_prompt_ids(set(ids), 0.2, s)
@@ -407,7 +439,8 @@ def main() -> None:
             perm = rng.permutation(train)
             n = len(perm) // 5
             tr, te = sorted(perm[n:].tolist()), sorted(perm[:n].tolist())
-            af = aiq(predict(tr, np.ones((len(tr), M), bool), te), te, tr)
+            Pf = predict(tr, np.ones((len(tr), M), bool), te)
+            af = aiq(Pf, te, tr)
             af_of = {k: aiq(fit(tr, np.ones((len(tr), M), bool), te, **spec), te, tr)
                      for k, spec in arms.items() if spec.keys() & set(RECIPES)}
             if af_of:
@@ -436,18 +469,49 @@ def main() -> None:
                     elif a.what == "strata" and "beta" in spec:  # at this draw's cost of the 8% design
                         L, prop = traverse_strata(tr, t_es, spec["beta"], es)
                         kw = {"prop": prop}
-                    elif a.what == "nested" and "e_lo" in spec:  # the largest outer layer within the 8% design's cost
-                        fits = [(x, traverse_nested(tr, x, spec["e_lo"], es)) for x in np.arange(0.08, 0.4, 0.005)]
-                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= t_es]
-                        e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es))
+                    elif a.what in ("nested", "tiers") and "e_lo" in spec:  # the largest outer layer within the 8% design's cost
+                        kt = "tiers" not in spec  # tiers: every model of at least half the dearest's price is inner
+                        grid = np.arange(0.08, 0.4, 0.005) if kt else np.arange(spec["e_lo"], 0.6, 0.005)
+                        fits = [(x, traverse_nested(tr, x, spec["e_lo"], es, keep_top=kt)) for x in grid]
+                        cap = t_es if kt else cost_share(traverse_nested(tr, 0.08, 0.08, es, keep_top=False)[0])
+                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= cap]
+                        e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es, keep_top=kt))
                         print(f"  nested: outer {e_hi:.3f} inner {spec['e_lo']} dear {[models[j] for j in np.where(dear)[0]]}")
                         kw = {}
                     elif a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
                         kw = {}
+                    elif "e_hi" in spec:  # tierfix: fixed layers (cheap models on e_hi, the dear ones on e_lo)
+                        L, _ = traverse_nested(tr, spec["e_hi"], spec["e_lo"], es, keep_top=False)
+                        kw = {}
+                    elif "trunc" in spec:  # the cost-ordered part over the k cheapest models only, the rest explored
+                        cpq = Cq[tr].mean(0)
+                        called = np.isin(np.arange(M), np.argsort(cpq)[:spec["trunc"]])
+                        uu = np.array([explore_u(ids[r], es) for r in tr])
+
+                        def tmask(e):
+                            L = base_mask(tr, [m for m in np.argsort(cpq) if called[m]])
+                            L[uu < e] = True
+                            return L
+                        fits = [e for e in np.arange(0.08, 0.3, 0.0025) if cost_share(tmask(e)) <= t_es]
+                        L = tmask(fits[-1] if fits else 0.08)
+                        print(f"  {k}: explore {L.all(1).mean():.3f}")
+                        kw = {"called": called, "norm": spec["norm"]}
+                    elif "sub" in spec:  # subsample: no cost-ordered part, the largest full-row sample within the cost
+                        uu = np.array([explore_u(ids[r], es) for r in tr])
+                        fits = [e for e in np.arange(0.08, 0.3, 0.0025) if cost_share(np.repeat((uu < e)[:, None], M, 1)) <= t_es]
+                        L = np.repeat((uu < (fits[-1] if fits else 0.08))[:, None], M, 1)
+                        print(f"  subsample: {L[:, 0].mean():.3f} of the questions, every model")
+                        kw = {"clip": 1.0}  # a plain random sample: every row weighs 1
+                    elif "e" in spec:  # explore: another exploration fraction
+                        L, kw = traverse(tr, ("q", spec["e"]), es), {}
                     else:
                         L, kw = traverse(tr, ("q", 0.08), es), spec
-                    P = fit(tr, L, te, **kw)
+                    if "swap" in kw:  # diagnostic: one model's classifier taken from the full cache
+                        P = predict(tr, L, te)
+                        P[:, kw["swap"]] = Pf[:, kw["swap"]]
+                    else:
+                        P = fit(tr, L, te, **kw)
                     g = af_of.get(k, af) - aiq(P, te, tr)
                     res.setdefault(k, []).append(g)
                     share = cost_share(L)

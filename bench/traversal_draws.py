@@ -1,6 +1,7 @@
 """Issue 15: the `logistic` router on the cost-ordered cache over several exploration draws per seeded split.
 
     python bench/traversal_draws.py FULL --emb-cache EMB.npz [--explore 0.08] [--draws 8] [--bootstrap 300]
+                                    [--C 1|cv] [--weights ipw|norm] [--subsample]
 
 FULL: the full cache of RouterBench's three training files (`xrouter-lite import routerbench ...`). Per split seed s
 (the pairs stage's split, eval_fraction 0.2) and draw k, the cost-ordered traversal with exploration F is replayed on
@@ -37,7 +38,7 @@ def main() -> None:
     from xrouter_lite.pairs import split_prompt_ids
     from xrouter_lite.pool import load_pool
     from xrouter_lite.simple_routers import correctness_classifier, explored_share, labelled_rows
-    from xrouter_lite.traversal import explored_ids, simulate_traversal
+    from xrouter_lite.traversal import explored_ids, is_explored, simulate_traversal
 
     warnings.filterwarnings("ignore")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +51,11 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=300)
     ap.add_argument("--C", type=lambda v: v if v == "cv" else float(v), default=1.0,
                     help='C of every classifier, or "cv": per model by weighted 5-fold log-loss (traversal_designs.choose_c)')
+    ap.add_argument("--weights", choices=["ipw", "norm"], default="ipw",
+                    help="norm: each classifier's inverse-propensity weights scaled to mean 1 over its rows (tenth session)")
+    ap.add_argument("--subsample", action="store_true",
+                    help="instead of the cost-ordered cache: the full rows of a random sample of the training questions "
+                         "(the cache's own draw, nested with the explored ones) costing the same draw's cost share")
     a = ap.parse_args()
     pool = load_pool(a.pool)
     full, _ = load_prompts(a.full)
@@ -66,6 +72,8 @@ def main() -> None:
         for m in models:
             rows, y, w = labelled_rows(train, m, explored, share)
             X = np.stack([emb[train[i].prompt_id] for i in rows])
+            if a.weights == "norm":
+                w = w * len(w) / w.sum()
             c = choose_c(X, y, w) if a.C == "cv" else a.C
             P[m] = correctness_classifier(X, y, c, sample_weight=w)(Et)
         return [envelope({m: float(P[m][i]) for m in models}, cvec) for i in range(len(test))]
@@ -86,11 +94,17 @@ def main() -> None:
                                          out=out, ids=train_ids)
                 co, _ = load_prompts(out)
                 explored = explored_ids(out)
+            share, n_exp = rep.cost_fraction, rep.explored_questions
+            if a.subsample:  # the same money on full rows only: the largest nested sample within this draw's cost
+                tr_full = [p for p in full if p.prompt_id in train_ids]
+                tot = sum(o.cost for p in tr_full for o in p.outcomes.values())
+                co = [p for p in tr_full if is_explored(p.prompt_id, rep.cost_fraction, s + 1000 * k)]
+                share, n_exp, explored = sum(o.cost for p in co for o in p.outcomes.values()) / tot, len(co), None
             env = router_envelopes(co, explored, test)
             ak = aiq_of_envelopes(env, outs, models)
-            envs.append(env), gaps.append(a_full - ak), shares.append(rep.cost_fraction)
-            print(f"split {s} draw {k} (explore seed {s + 1000 * k}): {rep.explored_questions} explored, cost share "
-                  f"{rep.cost_fraction:.1%}, AIQ full {a_full:.4f} cost-ordered {ak:.4f} gap {a_full - ak:+.4f}",
+            envs.append(env), gaps.append(a_full - ak), shares.append(share)
+            print(f"split {s} draw {k} (explore seed {s + 1000 * k}): {n_exp} explored, cost share "
+                  f"{share:.1%}, AIQ full {a_full:.4f} cost-ordered {ak:.4f} gap {a_full - ak:+.4f}",
                   flush=True)
         diffs = []
         for _ in range(a.bootstrap):
