@@ -222,15 +222,17 @@ def main() -> None:
                 L[k] = True
         return L, p
 
-    def traverse_nested(rows, e_hi, e_lo, seed, dear_share=0.5, keep_top=True):
+    def traverse_nested(rows, e_hi, e_lo, seed, dear_share=0.5, keep_top=True, cache_draw=False):
         """Question-level exploration in two nested layers: the models whose mean cost is at least ``dear_share`` of
         the dearest one's, except the most accurate model on the inner layer's rows, are explored on the questions of
         the inner layer only (rate ``e_lo``); every other model on the outer layer (rate ``e_hi``; inner within it).
         The dear dominated models (claude-v1, claude-v2 here: half of the full traversal's cost) are explored less and
-        the money buys a larger sample of the others. Returns the label mask and the models of the inner layer."""
+        the money buys a larger sample of the others. ``keep_top`` False: the most accurate model is inner too (the
+        tenth session's tiers); ``cache_draw``: the layers drawn as the cache draws its exploration sample.
+        Returns the label mask and the models of the inner layer."""
         cpq = Cq[rows].mean(0)
         L = base_mask(rows, np.argsort(cpq))
-        uu = np.array([u("n", seed, ids[r]) if keep_top else explore_u(ids[r], seed) for r in rows])
+        uu = np.array([explore_u(ids[r], seed) if cache_draw else u("n", seed, ids[r]) for r in rows])
         inner, outer = uu < e_lo, uu < e_hi
         top = int(np.argmax(Y[np.array(rows)[inner]].mean(0))) if inner.any() else int(np.argmax(cpq))
         dear = (cpq >= dear_share * cpq.max()) & ((np.arange(M) != top) | (not keep_top))
@@ -472,17 +474,17 @@ def main() -> None:
                     elif a.what in ("nested", "tiers") and "e_lo" in spec:  # the largest outer layer within the 8% design's cost
                         kt = "tiers" not in spec  # tiers: every model of at least half the dearest's price is inner
                         grid = np.arange(0.08, 0.4, 0.005) if kt else np.arange(spec["e_lo"], 0.6, 0.005)
-                        fits = [(x, traverse_nested(tr, x, spec["e_lo"], es, keep_top=kt)) for x in grid]
-                        cap = t_es if kt else cost_share(traverse_nested(tr, 0.08, 0.08, es, keep_top=False)[0])
-                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= cap]
-                        e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es, keep_top=kt))
+                        fits = [(x, traverse_nested(tr, x, spec["e_lo"], es, keep_top=kt, cache_draw=not kt)) for x in grid]
+                        fits = [(x, t) for x, t in fits if cost_share(t[0]) <= t_es]
+                        e_hi, (L, dear) = fits[-1] if fits else (spec["e_lo"], traverse_nested(tr, spec["e_lo"], spec["e_lo"], es,
+                                                                                               keep_top=kt, cache_draw=not kt))
                         print(f"  nested: outer {e_hi:.3f} inner {spec['e_lo']} dear {[models[j] for j in np.where(dear)[0]]}")
                         kw = {}
                     elif a.what == "designs":
                         L = traverse(tr, ("q", 0.08) if k == "q0.08" else ("m", rates(tr, target, float(k[1:]))), es)
                         kw = {}
                     elif "e_hi" in spec:  # tierfix: fixed layers (cheap models on e_hi, the dear ones on e_lo)
-                        L, _ = traverse_nested(tr, spec["e_hi"], spec["e_lo"], es, keep_top=False)
+                        L, _ = traverse_nested(tr, spec["e_hi"], spec["e_lo"], es, keep_top=False, cache_draw=True)
                         kw = {}
                     elif "trunc" in spec:  # the cost-ordered part over the k cheapest models only, the rest explored
                         cpq = Cq[tr].mean(0)
