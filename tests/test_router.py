@@ -270,6 +270,29 @@ def test_knn_follows_similar_training_prompts(pool_rb):
     assert knn.route("What is 31 times 7?", off, tau=100).model_id == "gpt-3.5-turbo-1106"
 
 
+def test_knn_tied_neighbours_vote_the_same_in_a_batch_and_alone():
+    """Training questions that share their first max_seq_length word pieces have one embedding, so many neighbours
+    tie exactly; a batch's matrix product and one query's round differently in the last bits. The vote (hence the
+    decision: evaluation batches, the server asks one at a time) must not depend on that: ties go to training order."""
+    stem = "Choose the option that fits the blank best in the sentence below, then answer with one letter only. "
+    train = [_lp(f"t{i}", "d", stem + f"Case {i}: the trophy does not fit in the suitcase.",
+                 **{"claude-v1": (i % 3 == 0, 1), "gpt-3.5-turbo-1106": (i % 2 == 0, 1)}) for i in range(30)]
+    import numpy as np
+
+    knn = KNNRouter(train, k=5, max_seq_length=8)  # 8 word pieces: every question is the same stem
+    queries = [stem + f"Query {j}: the ball broke the table." for j in range(40)]
+    batch = knn.p_correct(queries)
+    assert all(knn.p_correct([q])[0] == b for q, b in zip(queries[:6], batch[:6]))
+    # the five earliest training questions vote: t0..t4
+    assert batch[0] == {"claude-v1": 2 / 5, "gpt-3.5-turbo-1106": 3 / 5}
+    # last-bit noise in the similarities (as another matrix-product shape gives) changes nothing
+    rng, q0, e0 = np.random.default_rng(0), knn._embed(queries[:1]), knn.emb.copy()
+    for _ in range(5):
+        knn.emb = (e0 + rng.normal(0, 1e-8, e0.shape)).astype(np.float32)
+        knn._embed = lambda texts: q0 + rng.normal(0, 1e-8, q0.shape).astype(np.float32)
+        assert knn.p_correct(["any"])[0] == batch[0]
+
+
 def test_decision_interface_is_unchanged():
     d = Decision("a", {"a": 0.1, "b": 0.5, "c": 0.3})
     assert d.ranked() == ["a", "b", "c"]

@@ -197,9 +197,10 @@ class BestSingleRouter(CostAwareRouter):
 class KNNRouter(EmbeddingRouter):
     """k-nearest-neighbour router on sentence embeddings (all-MiniLM-L6-v2), trained on a cache.
 
-    For a query, the ``k`` most similar training prompts (cosine similarity) vote: the predicted probability that
-    model m answers correctly is the mean of m's recorded correctness over those neighbours that have a record
-    for m (m's overall training accuracy when none has). The choice is ``argmax(p_correct - tau * c)``."""
+    For a query, the ``k`` most similar training prompts (cosine similarity; ties, to 1e-6, go to the earlier
+    training prompt) vote: the predicted probability that model m answers correctly is the mean of m's recorded
+    correctness over those neighbours that have a record for m (m's overall training accuracy when none has). The
+    choice is ``argmax(p_correct - tau * c)``."""
 
     name = "knn"
 
@@ -239,9 +240,12 @@ class KNNRouter(EmbeddingRouter):
         import numpy as np
 
         q = self._embed(queries)
-        sims = q @ self.emb.T
+        # Similarities equal to 1e-6 are ties, broken by training order: a batch's matrix product and one query's
+        # round differently in the last bits, and neighbours tied in exact arithmetic (questions whose first
+        # max_seq_length word pieces are the same) must not change with the batch (evaluation vs the server).
+        sims = np.round(q @ self.emb.T, 6)
         k = min(self.k, self.emb.shape[0])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         out = []
         for r in range(len(queries)):
             ys = self.y[top[r]]
