@@ -87,6 +87,8 @@ def main() -> None:
         env_full = router_envelopes([p for p in full if p.prompt_id in train_ids], None, test)
         a_full = aiq_of_envelopes(env_full, outs, models)
         envs, gaps, shares = [], [], []
+        tr_full = [p for p in full if p.prompt_id in train_ids]  # --subsample's rows and their full traversal's cost
+        tot = sum(o.cost for p in tr_full for o in p.outcomes.values())
         for k in range(a.draws):
             with tempfile.TemporaryDirectory() as td:
                 out = Path(td) / "co.jsonl"
@@ -96,8 +98,6 @@ def main() -> None:
                 explored = explored_ids(out)
             share, n_exp = rep.cost_fraction, rep.explored_questions
             if a.subsample:  # the same money on full rows only: the largest nested sample within this draw's cost
-                tr_full = [p for p in full if p.prompt_id in train_ids]
-                tot = sum(o.cost for p in tr_full for o in p.outcomes.values())
                 co = [p for p in tr_full if is_explored(p.prompt_id, rep.cost_fraction, s + 1000 * k)]
                 share, n_exp, explored = sum(o.cost for p in co for o in p.outcomes.values()) / tot, len(co), None
             env = router_envelopes(co, explored, test)
