@@ -180,8 +180,9 @@ def _split_ids(prompts, seed: int, eval_fraction: float, val_fraction: float):
     return test, val, ids - test - val
 
 
-def _embeddings(prompts, path: Path | None):
-    """all-MiniLM-L6-v2 embeddings of every prompt (the KNNRouter's encoder and settings), cached in ``path``."""
+def _embeddings(prompts, path: Path | None, truncation_side: str = "right"):
+    """all-MiniLM-L6-v2 embeddings of every prompt (the KNNRouter's encoder and settings), cached in ``path``.
+    ``truncation_side`` "left": a prompt over 256 word pieces keeps its end (the question of a few-shot prompt)."""
     import numpy as np
 
     ids = [p.prompt_id for p in prompts]
@@ -191,7 +192,9 @@ def _embeddings(prompts, path: Path | None):
             return {i: e for i, e in zip(ids, z["emb"])}
     from xrouter_lite.simple_routers import embed_texts, load_encoder
 
-    emb = embed_texts(load_encoder("cpu"), [p.prompt for p in prompts])
+    enc = load_encoder("cpu")
+    enc.tokenizer.truncation_side = truncation_side
+    emb = embed_texts(enc, [p.prompt for p in prompts])
     if path is not None:
         np.savez(path, ids=np.array(ids), emb=emb)
     return {i: e for i, e in zip(ids, emb)}

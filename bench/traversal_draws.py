@@ -1,7 +1,7 @@
 """Issue 15: the `logistic` router on the cost-ordered cache over several exploration draws per seeded split.
 
     python bench/traversal_draws.py FULL --emb-cache EMB.npz [--explore 0.08] [--draws 8] [--bootstrap 300]
-                                    [--C 1|cv] [--weights ipw|norm] [--subsample]
+                                    [--C 1|cv] [--weights ipw|norm] [--subsample] [--truncation-side left]
 
 FULL: the full cache of RouterBench's three training files (`xrouter-lite import routerbench ...`). Per split seed s
 (the pairs stage's split, eval_fraction 0.2) and draw k, the cost-ordered traversal with exploration F is replayed on
@@ -56,10 +56,12 @@ def main() -> None:
     ap.add_argument("--subsample", action="store_true",
                     help="instead of the cost-ordered cache: the full rows of a random sample of the training questions "
                          "(the cache's own draw, nested with the explored ones) costing the same draw's cost share")
+    ap.add_argument("--truncation-side", choices=["right", "left"], default="right",
+                    help="left: embed the end of prompts over 256 word pieces (with a new --emb-cache; tenth session)")
     a = ap.parse_args()
     pool = load_pool(a.pool)
     full, _ = load_prompts(a.full)
-    emb = _embeddings(full, a.emb_cache)
+    emb = _embeddings(full, a.emb_cache, a.truncation_side)
     models = sorted(full[0].outcomes)
     rng = np.random.default_rng(0)
 

@@ -274,11 +274,11 @@ def test_knn_tied_neighbours_vote_the_same_in_a_batch_and_alone():
     """Training questions that share their first max_seq_length word pieces have one embedding, so many neighbours
     tie exactly; a batch's matrix product and one query's round differently in the last bits. The vote (hence the
     decision: evaluation batches, the server asks one at a time) must not depend on that: ties go to training order."""
+    import numpy as np
+
     stem = "Choose the option that fits the blank best in the sentence below, then answer with one letter only. "
     train = [_lp(f"t{i}", "d", stem + f"Case {i}: the trophy does not fit in the suitcase.",
                  **{"claude-v1": (i % 3 == 0, 1), "gpt-3.5-turbo-1106": (i % 2 == 0, 1)}) for i in range(30)]
-    import numpy as np
-
     knn = KNNRouter(train, k=5, max_seq_length=8)  # 8 word pieces: every question is the same stem
     queries = [stem + f"Query {j}: the ball broke the table." for j in range(40)]
     batch = knn.p_correct(queries)
